@@ -55,7 +55,11 @@ def save_torch(path: str | Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
-def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> None:
-    """Save a matplotlib figure as PNG, atomically."""
+def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure as PNG, atomically, and close it; returns the path."""
+    import matplotlib.pyplot as plt
+
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,345 @@
+"""Pipeline stages: what each notebook runs.
+
+Each stage reads its inputs from the repository layout in :class:`Paths`, writes its outputs
+atomically, and returns what its notebook displays. ``dvc.yaml`` runs one notebook per stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from easyhard import data as D
+from easyhard.central import query_central_images
+from easyhard.checkpoint import build_denoiser, load_model, save_model
+from easyhard.config import Params
+from easyhard.edm import from_model, network_calls, sample
+from easyhard.io import read_json, save_figure, savez, write_json
+from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, steps_for_epochs
+from easyhard.train import dp_finetune, pretrain
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where every artifact lives. Each stage writes into its own folder (one DVC output), except
+    the per-method ledger and metrics, which sit side by side in ``runs/<method>/``."""
+
+    root: Path
+
+    @property
+    def prepared(self) -> Path:
+        return self.root / "data" / "prepared"
+
+    @property
+    def train(self) -> Path:
+        return self.prepared / "train.npz"
+
+    @property
+    def test(self) -> Path:
+        return self.prepared / "test.npz"
+
+    @property
+    def fid_real(self) -> Path:
+        return self.root / "data" / "fid_reference" / "real_features.npz"
+
+    def stage(self, method: str, stage: str) -> Path:
+        return self.root / "runs" / method / stage
+
+    def central(self, method: str) -> Path:
+        return self.stage(method, "central") / "central.npz"
+
+    def central_ledger(self, method: str) -> Path:
+        return self.stage(method, "central") / "ledger.json"
+
+    def model(self, method: str, stage: str) -> Path:
+        return self.stage(method, stage) / "model.pt"
+
+    def history(self, method: str, stage: str) -> Path:
+        return self.stage(method, stage) / "loss.json"
+
+    def ledger(self, method: str) -> Path:
+        return self.root / "runs" / method / "ledger.json"
+
+    def samples(self, method: str) -> Path:
+        return self.stage(method, "sample") / "samples.npz"
+
+    def metrics(self, method: str) -> Path:
+        return self.root / "runs" / method / "metrics.json"
+
+    def figure(self, method: str, stage: str, name: str) -> Path:
+        return self.stage(method, stage) / f"{name}.png"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+def find_root(start: str | Path | None = None) -> Path:
+    """The repository root: the nearest folder upward from ``start`` holding ``params.yaml``."""
+    here = Path(start or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        if (p / "params.yaml").is_file():
+            return p
+    raise FileNotFoundError(f"no params.yaml in {here} or any parent folder")
+
+
+def load_for_notebook(
+    root: str | Path | None, sections: dict[str, Any]
+) -> tuple[Params, Paths]:
+    """``params.yaml`` at the repository root, overridden by the sections papermill injected."""
+    from easyhard.config import load_params
+
+    base = find_root(root)
+    params = load_params(base / "params.yaml", {k: v for k, v in sections.items() if v is not None})
+    return params, Paths(base)
+
+
+def check_delta(delta: float, n: int) -> None:
+    """delta must be below 1/N (N = number of sensitive records), else the guarantee is vacuous."""
+    if not 0 < delta < 1.0 / n:
+        raise ValueError(f"privacy.delta={delta:g} must be in (0, 1/N) = (0, {1.0 / n:.3g}), N={n}")
+
+
+def _device(params: Params) -> str:
+    if params.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={params.device!r} requested but CUDA is not available")
+    return params.device
+
+
+# --------------------------------------------------------------------------------------- prepare
+def prepare(params: Params, paths: Paths) -> dict[str, Any]:
+    """Load the dataset, split it (sensitive train / held-out real test), save both."""
+    from easyhard.plots import grid_figure
+
+    ds = D.load_dataset(params.data)
+    train, test = D.split(ds, params.data.test_fraction, params.seed, params.data.max_per_class)
+    check_delta(params.privacy.delta, len(train))
+    D.save_npz(paths.train, train)
+    D.save_npz(paths.test, test)
+    fig = grid_figure(train.x, train.y, train.classes, title="sensitive training images (real)")
+    return {"train": train, "test": test, "figure": save_figure(fig, paths.prepared / "train_grid.png")}
+
+
+def fid_reference(params: Params, paths: Paths) -> dict[str, Any]:
+    """Inception features of real training images, computed once and cached for every FID."""
+    from easyhard.metrics import inception_features, save_features
+
+    train = D.load_npz(paths.train)
+    n = min(params.evaluate.fid_real_count, len(train))
+    idx = np.sort(np.random.default_rng(params.seed).permutation(len(train))[:n])
+    feats = inception_features(train.x[idx], batch_size=params.evaluate.batch_size)
+    save_features(paths.fid_real, feats)
+    return {"count": n, "features": feats}
+
+
+# --------------------------------------------------------------------------------- easy stage
+def new_ledger(params: Params) -> Ledger:
+    return Ledger(
+        delta=params.privacy.delta,
+        target_epsilon=params.privacy.epsilon,
+        accountant=params.privacy.accountant,
+    )
+
+
+def central_images(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """DP central images for DP-FETA (nothing, at no cost, for DPDM). Writes images + ledger."""
+    from easyhard.plots import grid_figure
+
+    train = D.load_npz(paths.train)
+    check_delta(params.privacy.delta, len(train))
+    ledger = new_ledger(params)
+    out: dict[str, Any] = {"ledger": ledger}
+    if method == "dpfeta":
+        cfg = params.central
+        planned = Mechanism(f"central_images_{cfg.type}", cfg.noise_multiplier, cfg.sample_rate,
+                            cfg.queries)
+        ledger.remaining_check(planned)  # refuse before touching the data
+        ci = query_central_images(train.x, train.y, train.n_classes, cfg, seed=params.seed)
+        ledger.add(ci.mechanism)
+        x, y = ci.x, ci.y
+        per_class = min(cfg.queries, 8)
+        fig = grid_figure(x, y, train.classes, per_class, title="DP central images")
+        out["figure"] = save_figure(fig, paths.figure(method, "central", "central_images"))
+    else:
+        x = np.zeros((0, *train.shape), dtype=np.float32)
+        y = np.zeros(0, dtype=np.int64)
+    savez(paths.central(method), x=x, y=y, classes=np.asarray(train.classes))
+    ledger.save(paths.central_ledger(method))
+    out.update(x=x, y=y, classes=train.classes)
+    return out
+
+
+def pretrain_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """DP-FETA: pretrain on the central images. DPDM: a freshly initialised network."""
+    from easyhard.plots import loss_figure
+
+    train = D.load_npz(paths.train)
+    torch.manual_seed(params.seed)
+    den = build_denoiser(params.network, train.shape, train.n_classes, params.edm.sigma_data)
+    device = _device(params)
+    den.to(device)
+    rows: list[dict[str, float]] = []
+    if method == "dpfeta":
+        with np.load(paths.central(method)) as f:
+            cx = torch.as_tensor(f["x"], device=device)
+            cy = torch.as_tensor(f["y"], device=device)
+        if len(cx) == 0:
+            raise ValueError("no central images to pretrain on (run the central stage first)")
+        ema, hist = pretrain(den, cx, cy, params.pretrain, params.edm, seed=params.seed)
+        den.load_state_dict(ema.model.state_dict())
+        rows = hist.rows
+    save_model(paths.model(method, "pretrain"), den, params.network, train.shape,
+               extra={"method": method, "pretrain_steps": params.pretrain.steps if rows else 0})
+    write_json(paths.history(method, "pretrain"), rows)
+    out: dict[str, Any] = {"history": rows, "parameters": sum(p.numel() for p in den.parameters())}
+    if rows:
+        fig = loss_figure({method: rows}, title="pretraining on central images")
+        out["figure"] = save_figure(fig, paths.figure(method, "pretrain", "loss"))
+    return out
+
+
+# --------------------------------------------------------------------------------- hard stage
+def plan_finetune(params: Params, n_train: int, prior: list[Mechanism]) -> Mechanism:
+    """Calibrate the DP-SGD noise multiplier so prior mechanisms + DP-SGD meet the target."""
+    check_delta(params.privacy.delta, n_train)
+    q = params.finetune.sample_rate
+    steps = steps_for_epochs(params.finetune.epochs, q)
+    return calibrate_noise_multiplier(
+        params.privacy.epsilon,
+        params.privacy.delta,
+        sample_rate=q,
+        steps=steps,
+        prior=prior,
+        accountant=params.privacy.accountant,
+        name="dp_sgd",
+    )
+
+
+def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """DP-SGD fine-tuning on the sensitive set; the ledger then holds every mechanism spent."""
+    from easyhard.plots import loss_figure
+
+    train = D.load_npz(paths.train)
+    ledger = Ledger.load(paths.central_ledger(method))
+    mech = plan_finetune(params, len(train), list(ledger.mechanisms))
+    ledger.remaining_check(mech)
+    device = _device(params)
+    den, _ = load_model(paths.model(method, "pretrain"), device=device)
+    x = torch.as_tensor(train.x, device=device)
+    y = torch.as_tensor(train.y, device=device)
+    ema, hist = dp_finetune(
+        den, x, y, params.finetune, params.edm, mech.noise_multiplier, mech.steps,
+        seed=params.seed,
+    )
+    ledger.add(mech)
+    save_model(paths.model(method, "finetune"), ema.model, params.network, train.shape,
+               extra={"method": method, "noise_multiplier": mech.noise_multiplier,
+                      "steps": mech.steps})
+    write_json(paths.history(method, "finetune"), hist.rows)
+    ledger.save(paths.ledger(method))
+    fig = loss_figure({method: hist.rows}, title="DP-SGD fine-tuning")
+    fig_path = save_figure(fig, paths.figure(method, "finetune", "loss"))
+    return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": fig_path}
+
+
+# ------------------------------------------------------------------------------------ sample
+def balanced_labels(count: int, n_classes: int) -> np.ndarray:
+    """``count`` labels cycling through the classes, sorted (class sizes differ by at most 1)."""
+    return np.sort(np.arange(count) % n_classes).astype(np.int64)
+
+
+def sample_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """Draw the labelled synthetic dataset from the fine-tuned model."""
+    from tqdm.auto import tqdm
+
+    from easyhard.plots import grid_figure
+
+    train = D.load_npz(paths.train)
+    den, _ = load_model(paths.model(method, "finetune"), device=_device(params))
+    cfg = params.sample
+    labels = torch.as_tensor(balanced_labels(cfg.count, train.n_classes))
+    gen = torch.Generator().manual_seed(params.seed)
+    chunks = []
+    for start in tqdm(range(0, cfg.count, cfg.batch_size), desc=f"sampling (NFE={network_calls(cfg)})"):
+        lab = labels[start : start + cfg.batch_size]
+        chunks.append(from_model(sample(den, lab, train.shape, cfg, gen)).cpu())
+    x = torch.cat(chunks).numpy()
+    x8 = np.round(x * 255).astype(np.uint8)
+    savez(paths.samples(method), x=x8, y=labels.numpy(), classes=np.asarray(train.classes))
+    fig = grid_figure(x, labels.numpy(), train.classes, title=f"{method} synthetic samples")
+    fig_path = save_figure(fig, paths.figure(method, "sample", "samples"))
+    return {"x": x, "y": labels.numpy(), "figure": fig_path, "nfe": network_calls(cfg)}
+
+
+# ---------------------------------------------------------------------------------- evaluate
+def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """FID / precision / recall vs real training images; downstream accuracy on real test images."""
+    from easyhard import metrics as M
+
+    synth = D.load_npz(paths.samples(method))
+    test = D.load_npz(paths.test)
+    real = M.load_features(paths.fid_real)
+    fake = M.inception_features(synth.x, batch_size=params.evaluate.batch_size)
+    precision, recall = M.precision_recall(real, fake, k=5)
+    accs = [
+        M.classifier_accuracy(
+            synth.x, synth.y, test.x, test.y, test.n_classes,
+            epochs=params.evaluate.classifier_epochs, seed=params.seed + s,
+        )["accuracy"]
+        for s in range(params.evaluate.classifier_seeds)
+    ]
+    ledger = Ledger.load(paths.ledger(method))
+    by = ledger.to_dict()
+    sgd = [m for m in ledger.mechanisms if m.name == "dp_sgd"]
+    result = {
+        "epsilon": by["epsilon"],
+        "epsilon_rdp": by["epsilon_by_accountant"]["rdp"],
+        "target_epsilon": ledger.target_epsilon,
+        "delta": ledger.delta,
+        "noise_multiplier": sgd[0].noise_multiplier if sgd else None,
+        "fid": M.fid_from_features(real, fake),
+        "precision": precision,
+        "recall": recall,
+        "accuracy_cnn_mean": float(np.mean(accs)),
+        "accuracy_cnn_std": float(np.std(accs)),
+        "synthetic_count": len(synth),
+        "fid_real_count": len(real),
+    }
+    write_json(paths.metrics(method), result)
+    return result
+
+
+# ------------------------------------------------------------------------------------ report
+def report(params: Params, paths: Paths) -> dict[str, Any]:
+    """Compare methods: a metrics table, bar charts, sample grids side by side, loss curves."""
+    from easyhard.plots import comparison_bars, loss_figure, side_by_side
+
+    metrics = {m: read_json(paths.metrics(m)) for m in params.methods}
+    test = D.load_npz(paths.test)
+    figs = {
+        "metrics": comparison_bars(metrics, ["fid", "accuracy_cnn_mean", "epsilon"]),
+        "loss": loss_figure(
+            {f"{m} fine-tune": read_json(paths.history(m, "finetune")) for m in params.methods}
+            | {f"{m} pretrain": read_json(paths.history(m, "pretrain")) for m in params.methods},
+            title="training loss",
+        ),
+    }
+    grids = {}
+    for m in params.methods:
+        s = D.load_npz(paths.samples(m))
+        grids[m] = (s.x, s.y)
+    figs["samples"] = side_by_side(grids, test.classes)
+    central = {}
+    for m in params.methods:
+        with np.load(paths.central(m)) as f:
+            if len(f["y"]):
+                central[m] = (f["x"], f["y"])
+    if central:
+        figs["central_images"] = side_by_side(central, test.classes)
+    saved = {name: save_figure(fig, paths.report / f"{name}.png") for name, fig in figs.items()}
+    write_json(paths.report / "summary.json", metrics)
+    return {"metrics": metrics, "figures": saved}
