@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from diffusers import UNet2DModel
-from diffusers.models.attention_processor import AttnProcessor
+from diffusers.models.attention_processor import Attention, AttnProcessor
 
 from easyhard.config import NetworkConfig
 
@@ -47,7 +47,9 @@ def build_unet(
     )
     # The classic attention processor (bmm + softmax) has torch.func batching rules; the fused SDPA
     # kernel does not on CPU and falls back to a slow per-example loop under vmap.
-    unet.set_attn_processor(AttnProcessor())
+    for module in unet.modules():
+        if isinstance(module, Attention):
+            module.set_processor(AttnProcessor())
     return unet
 
 
