@@ -1,0 +1,156 @@
+"""Privacy planner CLI.
+
+python -m easyhard.privacy plan --epsilon 10 --delta 1e-5 --central 5,0.2,20 \\
+    --sample-rate 0.1 --epochs 20 [--accountant prv|pld|rdp] [--out ledger.json]
+python -m easyhard.privacy epsilon ledger.json [--accountant prv|pld|rdp]
+
+Bad input prints one error line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from easyhard.privacy.accounting import (
+    ACCOUNTANTS,
+    Mechanism,
+    calibrate_noise_multiplier,
+    compose_epsilon,
+    steps_for_epochs,
+)
+from easyhard.privacy.ledger import Ledger, write_json_atomic
+
+PROG = "python -m easyhard.privacy"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def _central(text: str) -> tuple[float, float, int]:
+    parts = text.split(",")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        return float(parts[0]), float(parts[1]), int(parts[2])
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected NOISE,RATE,STEPS (e.g. 5.0,0.2,20), got {text!r}"
+        ) from None
+
+
+def _parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Plan and check DP budgets for easyhard runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plan = sub.add_parser("plan", help="calibrate the DP-SGD noise after the central images")
+    plan.add_argument("--epsilon", type=float, required=True, help="target total epsilon")
+    plan.add_argument("--delta", type=float, required=True, help="target delta")
+    plan.add_argument(
+        "--central",
+        type=_central,
+        action="append",
+        default=[],
+        metavar="NOISE,RATE,STEPS",
+        help="a central-images query (repeatable; absent = none)",
+    )
+    plan.add_argument("--sample-rate", type=float, required=True, help="DP-SGD Poisson rate q")
+    length = plan.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="DP-SGD steps")
+    length.add_argument("--epochs", type=float, help="DP-SGD epochs (steps = round(epochs/q))")
+    plan.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
+    plan.add_argument("--out", help="write the ledger JSON here")
+
+    eps = sub.add_parser("epsilon", help="recompute the epsilon of a ledger file")
+    eps.add_argument("ledger", help="ledger JSON file")
+    eps.add_argument("--accountant", choices=ACCOUNTANTS, default=None)
+    return parser
+
+
+def _print_table(mechanisms: Sequence[Mechanism], delta: float, accountant: str) -> None:
+    print(
+        f"{'mechanism':<20} {'noise_mult':>11} {'sample_rate':>11} {'steps':>8} {'eps_alone':>10}"
+    )
+    for m in mechanisms:
+        alone = compose_epsilon([m], delta, accountant)
+        print(
+            f"{m.name:<20} {m.noise_multiplier:>11.4f} {m.sample_rate:>11.4g} "
+            f"{m.steps:>8d} {alone:>10.4f}"
+        )
+
+
+def _report(ledger: Ledger) -> dict[str, Any]:
+    """Print the table and totals; return the ledger's JSON record (epsilons computed once)."""
+    record = ledger.to_dict()
+    _print_table(ledger.mechanisms, ledger.delta, ledger.accountant)
+    totals = record["epsilon_by_accountant"]
+    others = "  ".join(f"{a}={totals[a]:.4f}" for a in ACCOUNTANTS if a != ledger.accountant)
+    print(
+        f"total epsilon ({ledger.accountant}, delta={ledger.delta:g}): "
+        f"{record['epsilon']:.4f} of target {ledger.target_epsilon:g}  "
+        f"[for information: {others}]"
+    )
+    return record
+
+
+def _plan(args: argparse.Namespace) -> None:
+    if not args.epsilon > 0:
+        raise ValueError(f"--epsilon must be > 0, got {args.epsilon:g}")
+    if not 0 < args.delta < 1:
+        raise ValueError(f"--delta must be in (0, 1), got {args.delta:g}")
+    if not 0 < args.sample_rate <= 1:
+        raise ValueError(f"--sample-rate must be in (0, 1], got {args.sample_rate:g}")
+    if args.steps is not None:
+        steps = args.steps
+    else:
+        steps = steps_for_epochs(args.epochs, args.sample_rate)
+    if steps < 1:
+        raise ValueError(f"DP-SGD needs at least one step, got {steps}")
+    many = len(args.central) > 1
+    central = [
+        Mechanism(f"central_images_{i}" if many else "central_images", sigma, q, t)
+        for i, (sigma, q, t) in enumerate(args.central, start=1)
+    ]
+    sgd = calibrate_noise_multiplier(
+        args.epsilon, args.delta, args.sample_rate, steps, prior=central, accountant=args.accountant
+    )
+    ledger = Ledger(args.delta, args.epsilon, args.accountant, [*central, sgd])
+    record = _report(ledger)
+    print(f"noise_multiplier={sgd.noise_multiplier!r}")
+    if args.out:
+        write_json_atomic(args.out, record)
+        print(f"ledger written to {args.out}")
+    print(f"epsilon={record['epsilon']!r}")
+
+
+def _epsilon(args: argparse.Namespace) -> None:
+    ledger = Ledger.load(args.ledger)
+    if args.accountant:
+        ledger.accountant = args.accountant
+    record = _report(ledger)
+    print(f"epsilon={record['epsilon']!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 on bad input)."""
+    try:
+        args = _parser().parse_args(argv)
+        {"plan": _plan, "epsilon": _epsilon}[args.command](args)
+    except (_UsageError, ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
