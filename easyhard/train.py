@@ -71,7 +71,9 @@ def pretrain(
     flip: bool = False,
     progress: bool = True,
 ) -> tuple[EMA, History]:
-    """Non-private EDM training on central images with augmentation; returns the EMA and history."""
+    """Non-private EDM training on central images with augmentation; returns the EMA and history.
+
+    One noise draw per image (noise multiplicity only matters under per-example clipping)."""
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
@@ -86,7 +88,7 @@ def pretrain(
         xb = x[idx]
         if cfg.augment:
             xb = augment(xb, gen, flip=flip)
-        draws = draw_noise(len(xb), tuple(x.shape[1:]), edm, gen)
+        draws = draw_noise(len(xb), tuple(x.shape[1:]), edm, gen, multiplicity=1)
         loss = edm_loss(denoiser, to_model(xb), y[idx], draws, edm.sigma_data, denoiser.null_label)
         loss = loss.mean()
         opt.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from easyhard.io import write_json
 from easyhard.privacy.accounting import (
     ACCOUNTANTS,
     Mechanism,
@@ -21,7 +22,7 @@ from easyhard.privacy.accounting import (
     compose_epsilon,
     steps_for_epochs,
 )
-from easyhard.privacy.ledger import Ledger, write_json_atomic
+from easyhard.privacy.ledger import Ledger
 
 PROG = "python -m easyhard.privacy"
 
@@ -128,7 +129,7 @@ def _plan(args: argparse.Namespace) -> None:
     record = _report(ledger)
     print(f"noise_multiplier={sgd.noise_multiplier!r}")
     if args.out:
-        write_json_atomic(args.out, record)
+        write_json(args.out, record)
         print(f"ledger written to {args.out}")
     print(f"epsilon={record['epsilon']!r}")
 

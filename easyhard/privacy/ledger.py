@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from easyhard.io import write_json
 from easyhard.privacy.accounting import (
     ACCOUNTANTS,
     Mechanism,
@@ -101,27 +100,10 @@ class Ledger:
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the JSON atomically (temporary file in the same folder, then ``os.replace``)."""
-        write_json_atomic(path, self.to_dict())
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Ledger:
         """Read a ledger written by :meth:`save`."""
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder."""
-    path = Path(path)
-    text = json.dumps(data, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

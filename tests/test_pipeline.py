@@ -1,0 +1,139 @@
+"""Papermill smoke run of every notebook on tiny params, both methods, plus the runner's errors."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from easyhard.config import merge
+from easyhard.privacy import Ledger, compose_epsilon
+from easyhard.run import run_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+NB = ROOT / "notebooks"
+
+TINY = {
+    "methods": ["dpfeta", "dpdm"],
+    "data": {"name": "digits", "test_fraction": 0.2},
+    "privacy": {"epsilon": 5.0, "delta": 1.0e-4},
+    "central": {"queries": 2, "downsample": 2, "sample_rate": 0.5},
+    "network": {"channels": [8, 16], "attention": [False, True], "norm_groups": 4},
+    "edm": {"noise_multiplicity": 2},
+    "pretrain": {"steps": 4, "batch_size": 8, "log_every": 2},
+    "finetune": {"sample_rate": 0.01, "epochs": 0.03, "physical_batch": 16, "log_every": 1},
+    "sample": {"count": 20, "steps": 3, "batch_size": 10},
+    "evaluate": {"fid_real_count": 20, "classifier_epochs": 2, "batch_size": 20},
+}
+
+STAGES = [
+    ("01_prepare", None, "data/prepared/01_prepare.ipynb"),
+    ("02_fid_reference", None, "data/fid_reference/02_fid_reference.ipynb"),
+    *[
+        (nb, m, f"runs/{m}/{stage}/{nb}.ipynb")
+        for m in ("dpfeta", "dpdm")
+        for nb, stage in [
+            ("03_central_images", "central"),
+            ("04_pretrain", "pretrain"),
+            ("05_finetune", "finetune"),
+            ("06_sample", "sample"),
+            ("07_evaluate", "evaluate"),
+        ]
+    ],
+    ("08_report", None, "report/08_report.ipynb"),
+]
+
+
+def write_params(root: Path, override: dict) -> None:
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(base, override)))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("repo")
+    write_params(root, TINY)
+    for nb, method, out in STAGES:
+        run_notebook(NB / f"{nb}.ipynb", root / out, root=root,
+                     extra={"method": method} if method else None, progress=False)
+    return root
+
+
+def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
+    root = tiny_run
+    for _, _, out in STAGES:
+        assert (root / out).is_file(), out
+    for m in ("dpfeta", "dpdm"):
+        for f in ("central/central.npz", "pretrain/model.pt", "finetune/model.pt",
+                  "sample/samples.npz", "sample/samples.png", "ledger.json", "metrics.json"):
+            assert (root / "runs" / m / f).is_file(), (m, f)
+    assert (root / "runs/dpfeta/central/central_images.png").is_file()
+    for f in ("metrics.png", "samples.png", "loss.png", "central_images.png"):
+        assert (root / "report" / f).is_file()
+    # nothing left under a temporary or failed name
+    leftovers = [p for p in root.rglob("*") if p.name.endswith((".tmp", ".failed.ipynb"))
+                 or ".running." in p.name]
+    assert leftovers == []
+
+
+def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):
+    for m in ("dpfeta", "dpdm"):
+        metrics = json.loads((tiny_run / "runs" / m / "metrics.json").read_text())
+        ledger = Ledger.load(tiny_run / "runs" / m / "ledger.json")
+        eps = compose_epsilon(ledger.mechanisms, ledger.delta, ledger.accountant)
+        assert metrics["epsilon"] == pytest.approx(eps, rel=1e-9)
+        assert metrics["epsilon"] <= TINY["privacy"]["epsilon"]
+        assert metrics["epsilon"] >= 0.99 * TINY["privacy"]["epsilon"]
+        names = [x.name for x in ledger.mechanisms]
+        assert names == (["central_images_mean", "dp_sgd"] if m == "dpfeta" else ["dp_sgd"])
+        for key in ("fid", "accuracy_cnn_mean", "delta", "epsilon_rdp", "precision", "recall"):
+            assert key in metrics
+
+
+def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "easyhard.run", *args], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"privacy": {"epsilom": 1.0}}, "unknown params key 'privacy.epsilom'"),
+        ({"privacy": {"epsilon": 0.0}}, "privacy.epsilon must be > 0"),
+        ({"finetune": {"sample_rate": 2.0}}, "finetune.sample_rate must be in (0, 1]"),
+    ],
+)
+def test_runner_rejects_bad_params_before_running(tmp_path, override, message):
+    write_params(tmp_path, merge(TINY, override))
+    out = tmp_path / "data/prepared/01_prepare.ipynb"
+    r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(out))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
+    assert message in r.stderr
+    assert not out.exists() and not (tmp_path / "data/prepared/train.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"privacy": {"delta": 0.01}}, "must be in (0, 1/N)"),
+        ({"data": {"name": "folder", "root": "no/such/folder"}}, "data folder not found"),
+    ],
+)
+def test_runner_reports_data_errors_in_one_line(tmp_path, override, message):
+    write_params(tmp_path, merge(TINY, override))
+    out = tmp_path / "data/prepared/01_prepare.ipynb"
+    r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(out))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert message in r.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not (tmp_path / "data/prepared/train.npz").exists()
+
+
+def test_empty_image_folder_is_refused(tmp_path):
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    write_params(tmp_path, merge(TINY, {"data": {"name": "folder", "root": "imgs"}}))
+    r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(tmp_path / "x.ipynb"))
+    assert r.returncode == 2
+    assert "class folder has no images" in r.stderr.strip().splitlines()[-1]
