@@ -152,7 +152,12 @@ def postprocess(x: np.ndarray, kind: str) -> np.ndarray:
 
 
 def query_central_images(
-    x: np.ndarray, y: np.ndarray, n_classes: int, cfg: CentralConfig, seed: int, progress: bool = True
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: CentralConfig,
+    seed: int,
+    progress: bool = True,
 ) -> CentralImages:
     """Run ``cfg.queries`` independent queries; returns all images and the ledger entry they cost."""
     from tqdm.auto import tqdm

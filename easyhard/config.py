@@ -321,7 +321,9 @@ def _join(prefix: str, key: Any) -> str:
     return f"{prefix}.{key}" if prefix else str(key)
 
 
-def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None
+) -> Params:
     """Read ``params.yaml`` (plus optional section overrides, e.g. from papermill) into :class:`Params`."""
     path = Path(path)
     if not path.is_file():

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad_and_value, vmap
+from torch.func import grad_and_value, vmap
 
 # loss_fn(model, params_and_buffers, x, y, draws_i) -> scalar loss of ONE example
 ExampleLoss = Callable[..., Tensor]

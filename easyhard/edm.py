@@ -110,8 +110,11 @@ def edm_loss(
     sigma = draws.sigma.to(x.dtype)
     s = sigma.reshape(b, k, *([1] * (x.dim() - 1)))
     noisy = xk + s * draws.noise.to(x.dtype)
-    lab = torch.where(draws.drop, torch.full_like(draws.drop, null_label, dtype=labels.dtype),
-                      labels.unsqueeze(1).expand(b, k))
+    lab = torch.where(
+        draws.drop,
+        torch.full_like(draws.drop, null_label, dtype=labels.dtype),
+        labels.unsqueeze(1).expand(b, k),
+    )
     d = denoise(noisy.reshape(b * k, *x.shape[1:]), sigma.reshape(b * k), lab.reshape(b * k))
     err = (d.reshape(b, k, *x.shape[1:]) - xk) ** 2
     per_draw = loss_weight(sigma, sigma_data) * err.flatten(2).mean(-1)
@@ -129,9 +132,7 @@ def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) ->
     return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
 
 
-def guided(
-    denoiser: Denoiser, x: Tensor, sigma: Tensor, labels: Tensor, guidance: float
-) -> Tensor:
+def guided(denoiser: Denoiser, x: Tensor, sigma: Tensor, labels: Tensor, guidance: float) -> Tensor:
     """Classifier-free guidance D_u + w (D_c - D_u), both passes in one batched forward.
 
     ``guidance == 1`` is the plain conditional model (one pass); ``0`` the unconditional one.

@@ -87,9 +87,7 @@ def find_root(start: str | Path | None = None) -> Path:
     raise FileNotFoundError(f"no params.yaml in {here} or any parent folder")
 
 
-def load_for_notebook(
-    root: str | Path | None, sections: dict[str, Any]
-) -> tuple[Params, Paths]:
+def load_for_notebook(root: str | Path | None, sections: dict[str, Any]) -> tuple[Params, Paths]:
     """``params.yaml`` at the repository root, overridden by the sections papermill injected."""
     from easyhard.config import load_params
 
@@ -121,7 +119,11 @@ def prepare(params: Params, paths: Paths) -> dict[str, Any]:
     D.save_npz(paths.train, train)
     D.save_npz(paths.test, test)
     fig = grid_figure(train.x, train.y, train.classes, title="sensitive training images (real)")
-    return {"train": train, "test": test, "figure": save_figure(fig, paths.prepared / "train_grid.png")}
+    return {
+        "train": train,
+        "test": test,
+        "figure": save_figure(fig, paths.prepared / "train_grid.png"),
+    }
 
 
 def fid_reference(params: Params, paths: Paths) -> dict[str, Any]:
@@ -155,8 +157,9 @@ def central_images(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     out: dict[str, Any] = {"ledger": ledger}
     if method == "dpfeta":
         cfg = params.central
-        planned = Mechanism(f"central_images_{cfg.type}", cfg.noise_multiplier, cfg.sample_rate,
-                            cfg.queries)
+        planned = Mechanism(
+            f"central_images_{cfg.type}", cfg.noise_multiplier, cfg.sample_rate, cfg.queries
+        )
         ledger.remaining_check(planned)  # refuse before touching the data
         ci = query_central_images(train.x, train.y, train.n_classes, cfg, seed=params.seed)
         ledger.add(ci.mechanism)
@@ -192,8 +195,13 @@ def pretrain_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         ema, hist = pretrain(den, cx, cy, params.pretrain, params.edm, seed=params.seed)
         den.load_state_dict(ema.model.state_dict())
         rows = hist.rows
-    save_model(paths.model(method, "pretrain"), den, params.network, train.shape,
-               extra={"method": method, "pretrain_steps": params.pretrain.steps if rows else 0})
+    save_model(
+        paths.model(method, "pretrain"),
+        den,
+        params.network,
+        train.shape,
+        extra={"method": method, "pretrain_steps": params.pretrain.steps if rows else 0},
+    )
     write_json(paths.history(method, "pretrain"), rows)
     out: dict[str, Any] = {"history": rows, "parameters": sum(p.numel() for p in den.parameters())}
     if rows:
@@ -232,13 +240,23 @@ def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     x = torch.as_tensor(train.x, device=device)
     y = torch.as_tensor(train.y, device=device)
     ema, hist = dp_finetune(
-        den, x, y, params.finetune, params.edm, mech.noise_multiplier, mech.steps,
+        den,
+        x,
+        y,
+        params.finetune,
+        params.edm,
+        mech.noise_multiplier,
+        mech.steps,
         seed=params.seed,
     )
     ledger.add(mech)
-    save_model(paths.model(method, "finetune"), ema.model, params.network, train.shape,
-               extra={"method": method, "noise_multiplier": mech.noise_multiplier,
-                      "steps": mech.steps})
+    save_model(
+        paths.model(method, "finetune"),
+        ema.model,
+        params.network,
+        train.shape,
+        extra={"method": method, "noise_multiplier": mech.noise_multiplier, "steps": mech.steps},
+    )
     write_json(paths.history(method, "finetune"), hist.rows)
     ledger.save(paths.ledger(method))
     fig = loss_figure({method: hist.rows}, title="DP-SGD fine-tuning")
@@ -264,7 +282,9 @@ def sample_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     labels = torch.as_tensor(balanced_labels(cfg.count, train.n_classes))
     gen = torch.Generator().manual_seed(params.seed)
     chunks = []
-    for start in tqdm(range(0, cfg.count, cfg.batch_size), desc=f"sampling (NFE={network_calls(cfg)})"):
+    for start in tqdm(
+        range(0, cfg.count, cfg.batch_size), desc=f"sampling (NFE={network_calls(cfg)})"
+    ):
         lab = labels[start : start + cfg.batch_size]
         chunks.append(from_model(sample(den, lab, train.shape, cfg, gen)).cpu())
     x = torch.cat(chunks).numpy()
@@ -287,8 +307,13 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     precision, recall = M.precision_recall(real, fake, k=5)
     accs = [
         M.classifier_accuracy(
-            synth.x, synth.y, test.x, test.y, test.n_classes,
-            epochs=params.evaluate.classifier_epochs, seed=params.seed + s,
+            synth.x,
+            synth.y,
+            test.x,
+            test.y,
+            test.n_classes,
+            epochs=params.evaluate.classifier_epochs,
+            seed=params.seed + s,
         )["accuracy"]
         for s in range(params.evaluate.classifier_seeds)
     ]

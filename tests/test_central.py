@@ -90,8 +90,14 @@ def test_bin_index_edges():
 
 def test_mean_query_noise_scale_on_empty_sample():
     """With sample_rate tiny nothing is sampled: the output is pure noise of the stated std."""
-    cfg = CentralConfig(type="mean", noise_multiplier=2.0, sample_rate=1e-9, downsample=1,
-                        postprocess="none", queries=1)
+    cfg = CentralConfig(
+        type="mean",
+        noise_multiplier=2.0,
+        sample_rate=1e-9,
+        downsample=1,
+        postprocess="none",
+        queries=1,
+    )
     x = np.full((50, 1, 16, 16), 0.5, np.float32)
     y = np.arange(50) % K
     rng = np.random.default_rng(3)
@@ -118,8 +124,14 @@ def test_query_central_images_shapes_and_ledger_entry():
 
 def test_query_refuses_downsample_larger_than_image():
     with pytest.raises(ValueError, match="larger than the images"):
-        query_central_images(np.zeros((4, 1, 2, 2), np.float32), np.arange(4) % 2, 2,
-                             CentralConfig(downsample=4), seed=0, progress=False)
+        query_central_images(
+            np.zeros((4, 1, 2, 2), np.float32),
+            np.arange(4) % 2,
+            2,
+            CentralConfig(downsample=4),
+            seed=0,
+            progress=False,
+        )
 
 
 @settings(max_examples=25, deadline=None)

@@ -23,7 +23,10 @@ def test_repository_params_load():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"privacy": {"epsilonn": 1.0}}, "unknown params key 'privacy.epsilonn' (did you mean 'privacy.epsilon'?)"),
+        (
+            {"privacy": {"epsilonn": 1.0}},
+            "unknown params key 'privacy.epsilonn' (did you mean 'privacy.epsilon'?)",
+        ),
         ({"finetun": {}}, "unknown params key 'finetun' (did you mean 'finetune'?)"),
         ({"privacy": {"epsilon": 0}}, "privacy.epsilon must be > 0"),
         ({"privacy": {"epsilon": -1.0}}, "privacy.epsilon must be > 0"),

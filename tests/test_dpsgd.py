@@ -16,9 +16,8 @@ from easyhard.dpsgd import (
     per_example_norms,
     poisson_batches,
 )
-from easyhard.edm import NoiseDraws, draw_noise, edm_loss
+from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss
 from easyhard.networks import build_unet
-from easyhard.edm import Denoiser
 from easyhard.train import edm_example_loss
 
 SD = 0.5
@@ -47,8 +46,14 @@ def test_per_example_grads_match_one_at_a_time_loop(attention, k):
     grads, values = per_example_grads(den, loss, x, y, sigma, noise, drop)
     for i in range(5):
         den.zero_grad()
-        li = edm_loss(den, x[i : i + 1], y[i : i + 1],
-                      NoiseDraws(sigma[i : i + 1], noise[i : i + 1], drop[i : i + 1]), SD, 3)[0]
+        li = edm_loss(
+            den,
+            x[i : i + 1],
+            y[i : i + 1],
+            NoiseDraws(sigma[i : i + 1], noise[i : i + 1], drop[i : i + 1]),
+            SD,
+            3,
+        )[0]
         li.backward()
         assert math.isclose(float(values[i]), float(li.detach()), rel_tol=1e-10)
         for name, p in den.named_parameters():
@@ -64,7 +69,9 @@ def test_clipped_per_example_norms_at_most_c():
     norms = per_example_norms(grads)
     for clip in (1e-3, float(norms.median()), 1e3):
         f = clip_factors(norms, clip)
-        clipped_norms = per_example_norms({k: g * f.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()})
+        clipped_norms = per_example_norms(
+            {k: g * f.view(-1, *[1] * (g.dim() - 1)) for k, g in grads.items()}
+        )
         assert bool((clipped_norms <= clip * (1 + 1e-9)).all())
         # untouched when already below C
         small = norms <= clip
@@ -79,7 +86,9 @@ def test_chunking_does_not_change_the_private_gradient():
     x, y, sigma, noise, drop = batch(7, 2)
     outs = []
     for phys in (2, 3, 100):
-        dp = DPSGD(den, edm_example_loss(SD, 3), 1.3, 0.5, 10.0, phys, torch.Generator().manual_seed(5))
+        dp = DPSGD(
+            den, edm_example_loss(SD, 3), 1.3, 0.5, 10.0, phys, torch.Generator().manual_seed(5)
+        )
         outs.append(dp.private_gradient(x, y, sigma, noise, drop)[0])
     for k in outs[0]:
         assert torch.allclose(outs[0][k], outs[1][k], atol=1e-12)
@@ -90,7 +99,9 @@ def test_private_gradient_equals_clip_sum_noise_over_expected_batch():
     den = small_denoiser(False)
     x, y, sigma, noise, drop = batch(4, 2)
     sigma_n, clip, expected = 0.8, 0.05, 12.5
-    dp = DPSGD(den, edm_example_loss(SD, 3), sigma_n, clip, expected, 64, torch.Generator().manual_seed(7))
+    dp = DPSGD(
+        den, edm_example_loss(SD, 3), sigma_n, clip, expected, 64, torch.Generator().manual_seed(7)
+    )
     got, stats = dp.private_gradient(x, y, sigma, noise, drop)
     grads, _ = per_example_grads(den, edm_example_loss(SD, 3), x, y, sigma, noise, drop)
     summed, _ = clipped_sum(grads, clip)
@@ -104,8 +115,13 @@ def test_private_gradient_equals_clip_sum_noise_over_expected_batch():
 def test_noise_std_is_sigma_times_c_over_expected_batch():
     """On an empty Poisson batch the update is pure noise: std must be sigma*C/(qN)."""
     den = small_denoiser(True, dtype=torch.float32)
-    empty = (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long), torch.zeros(0, 2),
-             torch.zeros(0, 2, 1, 8, 8), torch.zeros(0, 2, dtype=torch.bool))
+    empty = (
+        torch.zeros(0, 1, 8, 8),
+        torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, 2),
+        torch.zeros(0, 2, 1, 8, 8),
+        torch.zeros(0, 2, dtype=torch.bool),
+    )
     dp = DPSGD(den, edm_example_loss(SD, 3), 2.0, 0.7, 20.0, 8, torch.Generator().manual_seed(0))
     g, stats = dp.private_gradient(*empty)
     flat = torch.cat([v.flatten() for v in g.values()]).double()
@@ -119,7 +135,9 @@ def test_noise_std_is_sigma_times_c_over_expected_batch():
 
 def test_poisson_batch_sizes_are_binomial():
     n, q, steps = 500, 0.1, 2000
-    sizes = np.array([len(b) for b in poisson_batches(n, q, steps, torch.Generator().manual_seed(0))])
+    sizes = np.array(
+        [len(b) for b in poisson_batches(n, q, steps, torch.Generator().manual_seed(0))]
+    )
     assert len(sizes) == steps
     mean, var = n * q, n * q * (1 - q)
     assert abs(sizes.mean() - mean) < 5 * math.sqrt(var / steps)
@@ -133,6 +151,7 @@ def test_functional_call_uses_given_params():
     den = small_denoiser(False)
     params = {k: torch.zeros_like(v) for k, v in den.named_parameters()}
     x = torch.rand(2, 1, 8, 8, dtype=torch.float64)
-    out = functional_call(den, params, (x, torch.ones(2, dtype=torch.float64), torch.tensor([0, 1])))
-    s = torch.ones(()) 
+    out = functional_call(
+        den, params, (x, torch.ones(2, dtype=torch.float64), torch.tensor([0, 1]))
+    )
     assert torch.allclose(out, x * SD**2 / (1 + SD**2))  # zero network: D = c_skip x

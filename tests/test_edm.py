@@ -67,14 +67,27 @@ def test_unit_loss_of_exact_gaussian_denoiser():
 
 def test_noise_multiplicity_is_the_mean_of_single_draws():
     torch.manual_seed(0)
-    den = Denoiser(build_unet(NetworkConfig(channels=(8, 16), attention=(False, True)), (1, 8, 8), 3), SD, 3)
+    den = Denoiser(
+        build_unet(NetworkConfig(channels=(8, 16), attention=(False, True)), (1, 8, 8), 3), SD, 3
+    )
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     y = torch.tensor([0, 1, 2])
     d = draw_noise(3, (1, 8, 8), EDMConfig(noise_multiplicity=4, label_dropout=0.5))
     full = edm_loss(den, x, y, d, SD, 3)
     singles = torch.stack(
-        [edm_loss(den, x, y, NoiseDraws(d.sigma[:, k : k + 1], d.noise[:, k : k + 1], d.drop[:, k : k + 1]), SD, 3)
-         for k in range(4)], 1)
+        [
+            edm_loss(
+                den,
+                x,
+                y,
+                NoiseDraws(d.sigma[:, k : k + 1], d.noise[:, k : k + 1], d.drop[:, k : k + 1]),
+                SD,
+                3,
+            )
+            for k in range(4)
+        ],
+        1,
+    )
     assert torch.allclose(full, singles.mean(1), atol=1e-5)
 
 
@@ -85,7 +98,11 @@ def test_label_dropout_uses_null_class():
         seen.append(labels.clone())
         return x
 
-    d = NoiseDraws(torch.ones(2, 3), torch.zeros(2, 3, 1, 2, 2), torch.tensor([[True, False, False], [False, False, True]]))
+    d = NoiseDraws(
+        torch.ones(2, 3),
+        torch.zeros(2, 3, 1, 2, 2),
+        torch.tensor([[True, False, False], [False, False, True]]),
+    )
     edm_loss(spy, torch.zeros(2, 1, 2, 2), torch.tensor([4, 5]), d, SD, null_label=9)
     assert seen[0].tolist() == [9, 4, 4, 5, 5, 9]
 
@@ -116,7 +133,9 @@ def test_heun_error_shrinks_with_steps():
     errs = []
     for steps in (5, 10, 18, 50):
         g = torch.Generator().manual_seed(0)
-        x = sample(den, torch.zeros(4000, dtype=torch.long), (1, 4, 4), SampleConfig(steps=steps), g)
+        x = sample(
+            den, torch.zeros(4000, dtype=torch.long), (1, 4, 4), SampleConfig(steps=steps), g
+        )
         errs.append(abs(float(x.std()) - SD))
     assert errs == sorted(errs, reverse=True)
 
@@ -128,7 +147,9 @@ def test_network_calls():
 
 def test_guidance_one_batched_forward_matches_separate_passes():
     torch.manual_seed(0)
-    den = Denoiser(build_unet(NetworkConfig(channels=(8, 16), attention=(False, False)), (1, 8, 8), 3), SD, 3).eval()
+    den = Denoiser(
+        build_unet(NetworkConfig(channels=(8, 16), attention=(False, False)), (1, 8, 8), 3), SD, 3
+    ).eval()
     x = torch.randn(5, 1, 8, 8)
     s = torch.full((5,), 1.3)
     y = torch.tensor([0, 1, 2, 0, 1])

@@ -56,8 +56,13 @@ def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     write_params(root, TINY)
     for nb, method, out in STAGES:
-        run_notebook(NB / f"{nb}.ipynb", root / out, root=root,
-                     extra={"method": method} if method else None, progress=False)
+        run_notebook(
+            NB / f"{nb}.ipynb",
+            root / out,
+            root=root,
+            extra={"method": method} if method else None,
+            progress=False,
+        )
     return root
 
 
@@ -66,15 +71,25 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
     for _, _, out in STAGES:
         assert (root / out).is_file(), out
     for m in ("dpfeta", "dpdm"):
-        for f in ("central/central.npz", "pretrain/model.pt", "finetune/model.pt",
-                  "sample/samples.npz", "sample/samples.png", "ledger.json", "metrics.json"):
+        for f in (
+            "central/central.npz",
+            "pretrain/model.pt",
+            "finetune/model.pt",
+            "sample/samples.npz",
+            "sample/samples.png",
+            "ledger.json",
+            "metrics.json",
+        ):
             assert (root / "runs" / m / f).is_file(), (m, f)
     assert (root / "runs/dpfeta/central/central_images.png").is_file()
     for f in ("metrics.png", "samples.png", "loss.png", "central_images.png"):
         assert (root / "report" / f).is_file()
     # nothing left under a temporary or failed name
-    leftovers = [p for p in root.rglob("*") if p.name.endswith((".tmp", ".failed.ipynb"))
-                 or ".running." in p.name]
+    leftovers = [
+        p
+        for p in root.rglob("*")
+        if p.name.endswith((".tmp", ".failed.ipynb")) or ".running." in p.name
+    ]
     assert leftovers == []
 
 
@@ -93,8 +108,13 @@ def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):
 
 
 def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "easyhard.run", *args], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "easyhard.run", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.mark.parametrize(
