@@ -263,9 +263,18 @@ def test_ledger_add_calibrated_fits_exactly() -> None:
 
 
 def test_ledger_save_failure_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "privacy.json"
+    target.mkdir()  # a directory in the way: the final rename must fail
     with pytest.raises(OSError):
-        _ledger().save(tmp_path / "missing-dir" / "privacy.json")
-    assert list(tmp_path.iterdir()) == []
+        _ledger().save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["privacy.json"]
+    assert list(target.iterdir()) == []
+
+
+def test_ledger_save_creates_parent_folders(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "m" / "ledger.json"
+    _ledger().save(path)
+    assert Ledger.load(path) == _ledger()
 
 
 # ---------------------------------------------------------------- CLI
