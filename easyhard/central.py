@@ -160,7 +160,7 @@ def query_central_images(
     progress: bool = True,
 ) -> CentralImages:
     """Run ``cfg.queries`` independent queries; returns all images and the ledger entry they cost."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     if x.shape[2] < cfg.downsample or x.shape[3] < cfg.downsample:
         raise ValueError(

@@ -272,7 +272,7 @@ def balanced_labels(count: int, n_classes: int) -> np.ndarray:
 
 def sample_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """Draw the labelled synthetic dataset from the fine-tuned model."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     from easyhard.plots import grid_figure
 

@@ -74,7 +74,7 @@ def pretrain(
     """Non-private EDM training on central images with augmentation; returns the EMA and history.
 
     One noise draw per image (noise multiplicity only matters under per-example clipping)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
@@ -143,7 +143,7 @@ def dp_finetune(
     loss gradients -> clip to ``cfg.clip`` -> sum + N(0, (noise_multiplier * clip)^2) -> divide by
     q*N -> Adam. The caller accounts ``(noise_multiplier, cfg.sample_rate, steps)``.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     sample_gen = torch.Generator().manual_seed(seed)
     draw_gen = torch.Generator().manual_seed(seed + 1)
