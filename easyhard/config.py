@@ -200,13 +200,15 @@ class SampleConfig:
 class EvaluateConfig:
     """FID against real training images and downstream accuracy on the held-out real test set."""
 
-    fid_real_count: int = 1000
+    fid_real_count: int = 500
+    fid_count: int = 500
     classifier_epochs: int = 15
     classifier_seeds: int = 1
     batch_size: int = 50
 
     def __post_init__(self) -> None:
         _positive("evaluate.fid_real_count", self.fid_real_count)
+        _positive("evaluate.fid_count", self.fid_count)
         _positive("evaluate.classifier_epochs", self.classifier_epochs)
         _positive("evaluate.classifier_seeds", self.classifier_seeds)
         _positive("evaluate.batch_size", self.batch_size)

@@ -303,7 +303,10 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     synth = D.load_npz(paths.samples(method))
     test = D.load_npz(paths.test)
     real = M.load_features(paths.fid_real)
-    fake = M.inception_features(synth.x, batch_size=params.evaluate.batch_size)
+    # FID / precision / recall on a class-balanced subset (every k-th of the sorted labels)
+    n_fid = min(params.evaluate.fid_count, len(synth))
+    fid_idx = np.linspace(0, len(synth) - 1, n_fid).round().astype(int)
+    fake = M.inception_features(synth.x[fid_idx], batch_size=params.evaluate.batch_size)
     precision, recall = M.precision_recall(real, fake, k=5)
     accs = [
         M.classifier_accuracy(
@@ -332,6 +335,7 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "accuracy_cnn_mean": float(np.mean(accs)),
         "accuracy_cnn_std": float(np.std(accs)),
         "synthetic_count": len(synth),
+        "fid_count": n_fid,
         "fid_real_count": len(real),
     }
     write_json(paths.metrics(method), result)
