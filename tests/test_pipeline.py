@@ -157,3 +157,29 @@ def test_empty_image_folder_is_refused(tmp_path):
     r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(tmp_path / "x.ipynb"))
     assert r.returncode == 2
     assert "class folder has no images" in r.stderr.strip().splitlines()[-1]
+
+
+def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
+    """No query runs and no ledger is written when the easy stage would exhaust the budget."""
+    from easyhard import stages
+    from easyhard.privacy import PrivacyBudgetError
+
+    write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))
+    params, paths = stages.load_for_notebook(tmp_path, {})
+    stages.prepare(params, paths)
+    with pytest.raises(PrivacyBudgetError, match="central_images"):
+        stages.central_images(params, paths, "dpfeta")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_finetune_refused_when_delta_is_not_below_one_over_n(tmp_path):
+    from easyhard import stages
+
+    write_params(tmp_path, TINY)
+    params, paths = stages.load_for_notebook(tmp_path, {})
+    stages.prepare(params, paths)
+    stages.central_images(params, paths, "dpdm")
+    bad, _ = stages.load_for_notebook(tmp_path, {"privacy": {"delta": 0.5}})
+    with pytest.raises(ValueError, match=r"must be in \(0, 1/N\)"):
+        stages.finetune(bad, paths, "dpdm")
+    assert not paths.ledger("dpdm").exists()
