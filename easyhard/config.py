@@ -135,6 +135,7 @@ class PretrainConfig:
     ema_decay: float = 0.999
     augment: bool = True
     log_every: int = 50
+    checkpoint_every: int = 100
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -143,6 +144,10 @@ class PretrainConfig:
         _positive("pretrain.lr", self.lr)
         _in_half_open_zero("pretrain.ema_decay", self.ema_decay)
         _positive("pretrain.log_every", self.log_every)
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"pretrain.checkpoint_every must be >= 0, got {self.checkpoint_every}"
+            )
 
 
 @dataclass(frozen=True)
@@ -156,6 +161,7 @@ class FinetuneConfig:
     physical_batch: int = 128
     ema_decay: float = 0.99
     log_every: int = 5
+    checkpoint_every: int = 10
 
     def __post_init__(self) -> None:
         _in_half_open("finetune.sample_rate", self.sample_rate)
@@ -165,6 +171,10 @@ class FinetuneConfig:
         _positive("finetune.physical_batch", self.physical_batch)
         _in_half_open_zero("finetune.ema_decay", self.ema_decay)
         _positive("finetune.log_every", self.log_every)
+        if self.checkpoint_every < 0:
+            raise ConfigError(
+                f"finetune.checkpoint_every must be >= 0, got {self.checkpoint_every}"
+            )
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ atomically, and returns what its notebook displays. ``dvc.yaml`` runs one notebo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ import torch
 from easyhard import data as D
 from easyhard.central import query_central_images
 from easyhard.checkpoint import build_denoiser, load_model, save_model
-from easyhard.config import Params
+from easyhard.config import Params, to_dict
 from easyhard.edm import from_model, network_calls, sample
 from easyhard.io import read_json, save_figure, savez, write_json
 from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, steps_for_epochs
+from easyhard.resume import Checkpointer, digest
 from easyhard.train import dp_finetune, pretrain
 
 
@@ -72,6 +73,10 @@ class Paths:
 
     def figure(self, method: str, stage: str, name: str) -> Path:
         return self.stage(method, stage) / f"{name}.png"
+
+    def checkpoint(self, method: str, stage: str) -> Path:
+        """Resumable training state; outside DVC's outputs, which DVC deletes before a rerun."""
+        return self.root / "checkpoints" / method / f"{stage}.pt"
 
     @property
     def report(self) -> Path:
@@ -192,7 +197,22 @@ def pretrain_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
             cy = torch.as_tensor(f["y"], device=device)
         if len(cx) == 0:
             raise ValueError("no central images to pretrain on (run the central stage first)")
-        ema, hist = pretrain(den, cx, cy, params.pretrain, params.edm, seed=params.seed)
+        ckpt = Checkpointer(
+            paths.checkpoint(method, "pretrain"),
+            params.pretrain.checkpoint_every,
+            digest(
+                "pretrain",
+                params.seed,
+                to_dict(params.pretrain),
+                to_dict(params.edm),
+                den.state_dict(),
+                cx,
+                cy,
+            ),
+        )
+        ema, hist = pretrain(
+            den, cx, cy, params.pretrain, params.edm, seed=params.seed, checkpoint=ckpt
+        )
         den.load_state_dict(ema.model.state_dict())
         rows = hist.rows
     save_model(
@@ -203,6 +223,7 @@ def pretrain_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         extra={"method": method, "pretrain_steps": params.pretrain.steps if rows else 0},
     )
     write_json(paths.history(method, "pretrain"), rows)
+    paths.checkpoint(method, "pretrain").unlink(missing_ok=True)
     out: dict[str, Any] = {"history": rows, "parameters": sum(p.numel() for p in den.parameters())}
     if rows:
         fig = loss_figure({method: rows}, title="pretraining on central images")
@@ -239,6 +260,32 @@ def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     den, _ = load_model(paths.model(method, "pretrain"), device=device)
     x = torch.as_tensor(train.x, device=device)
     y = torch.as_tensor(train.y, device=device)
+    ckpt = Checkpointer(
+        paths.checkpoint(method, "finetune"),
+        params.finetune.checkpoint_every,
+        digest(
+            "finetune",
+            params.seed,
+            to_dict(params.finetune),
+            to_dict(params.edm),
+            mech.to_dict(),
+            [m.to_dict() for m in ledger.mechanisms],
+            den.state_dict(),
+            x,
+            y,
+        ),
+    )
+
+    def ledger_at(steps_done: int) -> dict[str, Any]:
+        """The ledger so far (mechanisms only; epsilon is recomputed from them when read)."""
+        spent = [*ledger.mechanisms, replace(mech, steps=steps_done)]
+        return {
+            "delta": ledger.delta,
+            "target_epsilon": ledger.target_epsilon,
+            "accountant": ledger.accountant,
+            "mechanisms": [m.to_dict() for m in spent],
+        }
+
     ema, hist = dp_finetune(
         den,
         x,
@@ -248,6 +295,8 @@ def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         mech.noise_multiplier,
         mech.steps,
         seed=params.seed,
+        checkpoint=ckpt,
+        ledger_at=ledger_at,
     )
     ledger.add(mech)
     save_model(
@@ -259,6 +308,7 @@ def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     )
     write_json(paths.history(method, "finetune"), hist.rows)
     ledger.save(paths.ledger(method))
+    ckpt.clear()
     fig = loss_figure({method: hist.rows}, title="DP-SGD fine-tuning")
     fig_path = save_figure(fig, paths.figure(method, "finetune", "loss"))
     return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": fig_path}

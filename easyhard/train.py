@@ -6,6 +6,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,7 @@ from torch.func import functional_call
 from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
 from easyhard.dpsgd import DPSGD, expected_batch_size, poisson_batches
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss, to_model
+from easyhard.resume import Checkpointer, generator_states, restore_generators
 
 
 class EMA:
@@ -70,18 +72,27 @@ def pretrain(
     seed: int,
     flip: bool = False,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
 ) -> tuple[EMA, History]:
     """Non-private EDM training on central images with augmentation; returns the EMA and history.
 
-    One noise draw per image (noise multiplicity only matters under per-example clipping)."""
+    One noise draw per image (noise multiplicity only matters under per-example clipping).
+    With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and resumed from."""
     from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
     ema = EMA(denoiser, cfg.ema_decay)
     hist = History()
+    start = _resume(checkpoint, denoiser, ema, opt, hist, (gen,))
     denoiser.train()
-    bar = tqdm(range(cfg.steps), desc="pretrain", disable=not progress)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc="pretrain",
+        disable=not progress,
+        initial=start,
+        total=cfg.steps,
+    )
     running = 0.0
     for step in bar:
         idx = torch.randint(len(x), (cfg.batch_size,), generator=gen)
@@ -101,7 +112,47 @@ def pretrain(
             hist.log(step=step + 1, loss=running / k)
             bar.set_postfix(loss=f"{running / k:.3f}")
             running = 0.0
+        if checkpoint is not None and checkpoint.due(step + 1, cfg.steps):
+            checkpoint.save(step + 1, _state(denoiser, ema, opt, hist, (gen,)))
     return ema, hist
+
+
+def _state(
+    model: nn.Module,
+    ema: EMA,
+    opt: torch.optim.Optimizer,
+    hist: History,
+    gens: tuple[torch.Generator, ...],
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "ema": ema.model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "history": list(hist.rows),
+        "rng": generator_states(*gens),
+        **extra,
+    }
+
+
+def _resume(
+    checkpoint: Checkpointer | None,
+    model: nn.Module,
+    ema: EMA,
+    opt: torch.optim.Optimizer,
+    hist: History,
+    gens: tuple[torch.Generator, ...],
+) -> int:
+    """Load a matching checkpoint into the live objects; returns the step to continue from."""
+    blob = checkpoint.load() if checkpoint is not None else None
+    if blob is None:
+        return 0
+    model.load_state_dict(blob["model"])
+    ema.model.load_state_dict(blob["ema"])
+    opt.load_state_dict(blob["optimizer"])
+    hist.rows = list(blob["history"])
+    restore_generators(gens, blob["rng"])
+    return int(blob["step"])
 
 
 def edm_example_loss(sigma_data: float, null_label: int) -> Callable[..., Tensor]:
@@ -136,12 +187,17 @@ def dp_finetune(
     seed: int,
     ema: EMA | None = None,
     progress: bool = True,
+    checkpoint: Checkpointer | None = None,
+    ledger_at: Callable[[int], dict[str, Any]] | None = None,
 ) -> tuple[EMA, History]:
     """DP-SGD fine-tuning for exactly ``steps`` Poisson batches at rate ``cfg.sample_rate``.
 
     ``x`` is the sensitive set in [0, 1]. Each step: Poisson batch -> per-example K-averaged EDM
     loss gradients -> clip to ``cfg.clip`` -> sum + N(0, (noise_multiplier * clip)^2) -> divide by
     q*N -> Adam. The caller accounts ``(noise_multiplier, cfg.sample_rate, steps)``.
+
+    With ``checkpoint``, the state (and ``ledger_at(steps_done)``, the privacy ledger so far) is
+    saved every ``checkpoint.every`` steps; a rerun resumes and replays the same randomness.
     """
     from tqdm import tqdm
 
@@ -161,10 +217,12 @@ def dp_finetune(
         noise_generator=noise_gen,
     )
     hist = History()
+    gens = (sample_gen, draw_gen, noise_gen)
+    start = _resume(checkpoint, denoiser, ema, opt, hist, gens)
     denoiser.train()
-    batches = poisson_batches(len(x), cfg.sample_rate, steps, sample_gen)
-    bar = tqdm(batches, total=steps, desc="DP fine-tune", disable=not progress)
-    for step, idx in enumerate(bar):
+    batches = poisson_batches(len(x), cfg.sample_rate, steps - start, sample_gen)
+    bar = tqdm(batches, total=steps, initial=start, desc="DP fine-tune", disable=not progress)
+    for step, idx in enumerate(bar, start=start):
         draws = draw_noise(len(idx), tuple(x.shape[1:]), edm, draw_gen)
         stats = dp.step_gradients(to_model(x[idx]), y[idx], draws.sigma, draws.noise, draws.drop)
         opt.step()
@@ -179,4 +237,7 @@ def dp_finetune(
                 clipped=stats.clipped_fraction,
             )
         bar.set_postfix(loss=f"{stats.loss:.3f}", B=stats.batch_size)
+        if checkpoint is not None and checkpoint.due(step + 1, steps):
+            ledger = ledger_at(step + 1) if ledger_at is not None else None
+            checkpoint.save(step + 1, _state(denoiser, ema, opt, hist, gens, ledger=ledger))
     return ema, hist

@@ -1,0 +1,120 @@
+"""Crash safety: a SIGKILLed fine-tuning resumes to bit-identical weights and the same ledger."""
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from easyhard import stages
+from easyhard.config import merge
+from easyhard.privacy import Ledger
+from tests.test_pipeline import TINY, write_params
+
+RESUME = merge(TINY, {"finetune": {"sample_rate": 0.05, "epochs": 1.5, "checkpoint_every": 1}})
+SCRIPT = (
+    "import sys\nfrom easyhard import stages\n"
+    "params, paths = stages.load_for_notebook(sys.argv[1], {})\n"
+    "stages.finetune(params, paths, 'dpdm')\n"
+)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("base")
+    write_params(root, RESUME)
+    params, paths = stages.load_for_notebook(root, {})
+    stages.prepare(params, paths)
+    stages.central_images(params, paths, "dpdm")
+    stages.pretrain_stage(params, paths, "dpdm")
+    return root
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _state(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _checkpoint_step(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return 0
+
+
+def test_sigkill_then_rerun_equals_uninterrupted_run(prepared, tmp_path):
+    ref = _copy(prepared, tmp_path / "ref")
+    params, paths = stages.load_for_notebook(ref, {})
+    out_ref = stages.finetune(params, paths, "dpdm")
+    total = out_ref["mechanism"].steps
+    assert total == 30
+    assert not paths.checkpoint("dpdm", "finetune").exists()  # cleared once complete
+
+    run = _copy(prepared, tmp_path / "run")
+    rpaths = stages.Paths(run)
+    ckpt = rpaths.checkpoint("dpdm", "finetune")
+    kill_at = random.Random(os.getpid()).randint(3, 12)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 240
+    while _checkpoint_step(ckpt) < kill_at:
+        assert proc.poll() is None, "fine-tuning finished before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _checkpoint_step(ckpt)
+    assert kill_at <= killed_at < total
+    # nothing under a final name: no model, no ledger
+    assert not rpaths.model("dpdm", "finetune").exists()
+    assert not rpaths.ledger("dpdm").exists()
+    # the checkpoint carries the ledger so far: exactly the steps taken
+    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+    partial = Ledger.from_dict(blob["ledger"])
+    assert partial.mechanisms[-1].steps == killed_at
+
+    rparams, _ = stages.load_for_notebook(run, {})
+    out = stages.finetune(rparams, rpaths, "dpdm")
+    assert not ckpt.exists()
+    a, b = _state(paths.model("dpdm", "finetune")), _state(rpaths.model("dpdm", "finetune"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from uninterrupted"
+    assert Ledger.load(rpaths.ledger("dpdm")) == Ledger.load(paths.ledger("dpdm"))
+    assert Ledger.load(rpaths.ledger("dpdm")).mechanisms[-1].steps == total
+    assert out["history"] == out_ref["history"]
+
+
+def test_stale_checkpoint_of_another_run_is_ignored(prepared, tmp_path):
+    run = _copy(prepared, tmp_path / "stale")
+    paths = stages.Paths(run)
+    ckpt = paths.checkpoint("dpdm", "finetune")
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"fingerprint": "another run", "step": 29}, ckpt)
+    params, _ = stages.load_for_notebook(run, {})
+    out = stages.finetune(params, paths, "dpdm")
+    assert len(out["history"]) == 30  # started from step 0, not 29
+
+
+def test_same_seed_same_weights(prepared, tmp_path):
+    states = []
+    for name in ("a", "b"):
+        root = _copy(prepared, tmp_path / name)
+        params, paths = stages.load_for_notebook(root, {"finetune": {"epochs": 0.2}})
+        stages.finetune(params, paths, "dpdm")
+        states.append((_state(paths.model("dpdm", "finetune")), Ledger.load(paths.ledger("dpdm"))))
+    (a, la), (b, lb) = states
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert la == lb
