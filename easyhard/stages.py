@@ -118,7 +118,10 @@ def prepare(params: Params, paths: Paths) -> dict[str, Any]:
     """Load the dataset, split it (sensitive train / held-out real test), save both."""
     from easyhard.plots import grid_figure
 
-    ds = D.load_dataset(params.data)
+    data_root = Path(params.data.root)
+    if not data_root.is_absolute():  # relative to the repository, wherever the notebook runs
+        data_root = paths.root / data_root
+    ds = D.load_dataset(replace(params.data, root=str(data_root)))
     train, test = D.split(ds, params.data.test_fraction, params.seed, params.data.max_per_class)
     check_delta(params.privacy.delta, len(train))
     D.save_npz(paths.train, train)
@@ -236,6 +239,11 @@ def plan_finetune(params: Params, n_train: int, prior: list[Mechanism]) -> Mecha
     """Calibrate the DP-SGD noise multiplier so prior mechanisms + DP-SGD meet the target."""
     check_delta(params.privacy.delta, n_train)
     q = params.finetune.sample_rate
+    if q * n_train < 1:
+        raise D.DataError(
+            f"{n_train} training images are too few for finetune.sample_rate={q:g}: the expected "
+            f"Poisson batch q*N = {q * n_train:.2g} is below one image"
+        )
     steps = steps_for_epochs(params.finetune.epochs, q)
     return calibrate_noise_multiplier(
         params.privacy.epsilon,

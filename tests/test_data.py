@@ -131,3 +131,12 @@ def test_validation(mutate, message):
 def test_imageset_properties():
     s = ImageSet(np.zeros((4, 3, 5, 6), np.float32), np.array([0, 1, 2, 0]), ("a", "b", "c"))
     assert s.shape == (3, 5, 6) and s.n_classes == 3 and len(s) == 4
+
+
+def test_label_count_mismatch_and_wrong_layout():
+    with pytest.raises(DataError, match="5 images but 4 labels"):
+        validate(np.zeros((5, 1, 4, 4), np.float32), np.zeros(4, np.int64), ("0",))
+    with pytest.raises(DataError, match="1 or 3 channels"):
+        validate(np.zeros((5, 2, 4, 4), np.float32), np.zeros(5, np.int64), ("0",))
+    with pytest.raises(DataError, match="labels must be integers"):
+        validate(np.zeros((2, 1, 4, 4), np.float32), np.zeros(2, np.float32), ("0",))

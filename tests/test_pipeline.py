@@ -183,3 +183,56 @@ def test_finetune_refused_when_delta_is_not_below_one_over_n(tmp_path):
     with pytest.raises(ValueError, match=r"must be in \(0, 1/N\)"):
         stages.finetune(bad, paths, "dpdm")
     assert not paths.ledger("dpdm").exists()
+
+
+def _make_folder(root: Path, case: str) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                root / c / f"{i}.png"
+            )
+    if case == "truncated":
+        data = (root / "a" / "3.png").read_bytes()
+        (root / "a" / "3.png").write_bytes(data[: len(data) // 2])
+    elif case == "mixed_channels":
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / "b" / "5.png")
+    elif case == "mixed_sizes":
+        Image.fromarray(rng.integers(0, 256, (9, 8), dtype=np.uint8)).save(root / "b" / "6.png")
+    elif case == "empty_class":
+        (root / "c").mkdir()
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("truncated", "3.png: unreadable image"),
+        ("mixed_channels", "5.png: shape (3, 8, 8)"),
+        ("mixed_sizes", "6.png: shape (1, 9, 8)"),
+        ("empty_class", "c: class folder has no images"),
+        ("too_small", "too few for finetune.sample_rate"),
+    ],
+)
+def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message):
+    from easyhard import stages
+    from easyhard.data import DataError
+
+    _make_folder(tmp_path / "imgs", case)
+    override = {"data": {"name": "folder", "root": "imgs"}, "privacy": {"delta": 1e-3}}
+    if case == "too_small":
+        override["finetune"] = {"sample_rate": 0.01}
+    write_params(tmp_path, merge(TINY, override))
+    params, paths = stages.load_for_notebook(tmp_path, {})
+    with pytest.raises(DataError) as e:
+        stages.prepare(params, paths)
+        stages.central_images(params, paths, "dpdm")  # DPDM: the first spend is DP-SGD
+        stages.pretrain_stage(params, paths, "dpdm")
+        stages.finetune(params, paths, "dpdm")
+    assert message in str(e.value)
+    assert list(tmp_path.rglob("ledger.json")) in ([], [paths.central_ledger("dpdm")])
+    assert not paths.ledger("dpdm").exists()
+    assert not (tmp_path / "checkpoints").exists()
