@@ -118,3 +118,28 @@ def test_same_seed_same_weights(prepared, tmp_path):
     (a, la), (b, lb) = states
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert la == lb
+
+
+def test_pretrain_resumes_bit_identically(tmp_path):
+    from easyhard.checkpoint import build_denoiser
+    from easyhard.config import EDMConfig, NetworkConfig, PretrainConfig
+    from easyhard.resume import Checkpointer
+    from easyhard.train import pretrain
+
+    net = NetworkConfig(channels=(8, 16), attention=(False, True), norm_groups=4)
+    cfg = PretrainConfig(steps=4, batch_size=4, log_every=1, checkpoint_every=2)
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(10) % 3
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_denoiser(net, (1, 8, 8), 3, 0.5)
+
+    ref_ema, ref_hist = pretrain(fresh(), x, y, cfg, EDMConfig(), seed=1, progress=False)
+    ckpt = Checkpointer(tmp_path / "p.pt", cfg.checkpoint_every, "fp")
+    pretrain(fresh(), x, y, cfg, EDMConfig(), seed=1, progress=False, checkpoint=ckpt)
+    assert torch.load(ckpt.path, weights_only=False)["step"] == 2  # the state a crash leaves
+    ema, hist = pretrain(fresh(), x, y, cfg, EDMConfig(), seed=1, progress=False, checkpoint=ckpt)
+    a, b = ref_ema.model.state_dict(), ema.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert hist.rows == ref_hist.rows
