@@ -88,7 +88,10 @@ def clipped_sum(grads: dict[str, Tensor], clip: float) -> tuple[dict[str, Tensor
 
 @dataclass
 class StepStats:
-    """What one DP-SGD step saw (batch size is the realised Poisson size; not released)."""
+    """What one DP-SGD step saw: diagnostics computed from sensitive data *without* noise.
+
+    They are logged for debugging (``finetune/loss.json``) and are not covered by the DP guarantee.
+    """
 
     batch_size: int
     loss: float
