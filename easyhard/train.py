@@ -106,7 +106,7 @@ def pretrain(
         loss.backward()
         opt.step()
         ema.update(denoiser)
-        running += float(loss)
+        running += float(loss.detach())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             k = (step % cfg.log_every) + 1
             hist.log(step=step + 1, loss=running / k)
