@@ -151,6 +151,16 @@ def postprocess(x: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown post-processing {kind!r}")
 
 
+def central_mechanism(cfg: CentralConfig) -> Mechanism:
+    """The ledger entry of ``cfg.queries`` queries: known before any data is touched."""
+    return Mechanism(
+        name=f"central_images_{cfg.type}",
+        noise_multiplier=cfg.noise_multiplier,
+        sample_rate=cfg.sample_rate,
+        steps=cfg.queries,
+    )
+
+
 def query_central_images(
     x: np.ndarray,
     y: np.ndarray,
@@ -172,15 +182,9 @@ def query_central_images(
         imgs.append(query_once(x, y, n_classes, cfg, rng))
         labels.append(np.arange(n_classes))
         query.append(np.full(n_classes, t))
-    mech = Mechanism(
-        name=f"central_images_{cfg.type}",
-        noise_multiplier=cfg.noise_multiplier,
-        sample_rate=cfg.sample_rate,
-        steps=cfg.queries,
-    )
     return CentralImages(
         x=np.concatenate(imgs).astype(np.float32),
         y=np.concatenate(labels).astype(np.int64),
         query=np.concatenate(query).astype(np.int64),
-        mechanism=mech,
+        mechanism=central_mechanism(cfg),
     )

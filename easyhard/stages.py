@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from easyhard import data as D
-from easyhard.central import query_central_images
+from easyhard.central import central_mechanism, query_central_images
 from easyhard.checkpoint import build_denoiser, load_model, save_model
 from easyhard.config import Params, to_dict
 from easyhard.edm import from_model, network_calls, sample
@@ -165,10 +165,7 @@ def central_images(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     out: dict[str, Any] = {"ledger": ledger}
     if method == "dpfeta":
         cfg = params.central
-        planned = Mechanism(
-            f"central_images_{cfg.type}", cfg.noise_multiplier, cfg.sample_rate, cfg.queries
-        )
-        ledger.remaining_check(planned)  # refuse before touching the data
+        ledger.remaining_check(central_mechanism(cfg))  # refuse before touching the data
         ci = query_central_images(train.x, train.y, train.n_classes, cfg, seed=params.seed)
         ledger.add(ci.mechanism)
         x, y = ci.x, ci.y
