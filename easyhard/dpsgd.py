@@ -9,21 +9,32 @@ One logical step on a Poisson batch ``B`` (each record kept with probability ``q
 4. add Gaussian noise ``N(0, (noise_multiplier * C)^2)`` once per logical batch;
 5. divide by the *expected* batch size ``q * N`` (a public constant, never the realised ``|B|``).
 
-Per-example gradients come from ``torch.func`` (``vmap`` of ``grad``): exact for every layer type, no
-hooks, no silent skips. Poisson batches come from opacus' ``UniformWithReplacementSampler``.
+Per-example gradients come from one of two exact engines (``grad_sampler``):
+
+* ``layerwise`` (default, :mod:`easyhard.grad_sample`): one forward/backward over the ``B * K`` rows
+  with weight gradients switched off, then each layer's per-example gradient from its saved
+  activations and output gradients, contracted over K and positions inside each example. Costs about
+  what non-private training costs; memory ``B * P`` (not ``B * K * P``). Unsupported parametrised
+  layers raise an error naming them.
+* ``vmap``: ``torch.func`` ``vmap(grad)`` of the per-example loss, for any layer type (slower).
+
+Both differentiate a *loss module*: an ``nn.Module`` whose ``forward(*batch)`` returns one loss per
+example (shape ``[B]``). Poisson batches come from opacus' ``UniformWithReplacementSampler``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import grad_and_value, vmap
+from torch.func import functional_call, grad_and_value, vmap
 
-# loss_fn(model, params_and_buffers, x, y, draws_i) -> scalar loss of ONE example
-ExampleLoss = Callable[..., Tensor]
+from easyhard.distributed import SINGLE_PROCESS, World
+from easyhard.grad_sample import layerwise_grads
+
+GRAD_SAMPLERS = ("layerwise", "vmap")
 
 
 def poisson_batches(
@@ -49,22 +60,32 @@ def trainable(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def per_example_grads(
-    model: nn.Module, example_loss: ExampleLoss, *batch: Tensor
-) -> tuple[dict[str, Tensor], Tensor]:
-    """Gradient (keyed by parameter) and value of ``example_loss`` for each example of ``batch``.
-
-    ``example_loss(model, params, *example)`` must compute the loss of one example from its slices
-    (with whatever K-fold noise averaging it does inside) via ``functional_call(model, params, ...)``.
-    """
-    params = trainable(model)
-    buffers = {k: v.detach() for k, v in model.named_buffers()}
+def vmap_grads(loss_module: nn.Module, *batch: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Per-example gradients and losses via ``torch.func``: ``vmap`` over examples of ``grad``."""
+    params = trainable(loss_module)
+    buffers = {k: v.detach() for k, v in loss_module.named_buffers()}
 
     def loss_of(p: dict[str, Tensor], *example: Tensor) -> Tensor:
-        return example_loss(model, {**p, **buffers}, *example)
+        one = tuple(t.unsqueeze(0) for t in example)
+        return functional_call(loss_module, {**p, **buffers}, one)[0]
 
     in_dims = (None,) + (0,) * len(batch)
     return vmap(grad_and_value(loss_of), in_dims=in_dims, randomness="different")(params, *batch)
+
+
+def per_example_grads(
+    loss_module: nn.Module, *batch: Tensor, grad_sampler: str = "layerwise"
+) -> tuple[dict[str, Tensor], Tensor]:
+    """Gradient ``{name: [B, *shape]}`` and value ``[B]`` of each example's loss.
+
+    ``loss_module(*batch)`` returns the ``[B]`` per-example losses (with whatever K-fold noise
+    averaging it does inside); ``grad_sampler`` picks the engine (module docstring).
+    """
+    if grad_sampler == "layerwise":
+        return layerwise_grads(loss_module, *batch)
+    if grad_sampler == "vmap":
+        return vmap_grads(loss_module, *batch)
+    raise ValueError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
 
 
 def per_example_norms(grads: dict[str, Tensor]) -> Tensor:
@@ -102,23 +123,29 @@ class StepStats:
 class DPSGD:
     """Computes the private gradient of one logical Poisson batch and writes it into ``p.grad``.
 
-    The caller runs ``optimizer.step()`` afterwards; ``noise_generator`` makes the noise reproducible.
+    ``model`` is the loss module (``forward(*batch) -> [B]`` per-example losses) whose trainable
+    parameters are updated. The caller runs ``optimizer.step()`` afterwards; ``noise_generator``
+    makes the noise reproducible (and must be seeded identically on every rank of a ``world``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        example_loss: ExampleLoss,
         noise_multiplier: float,
         clip: float,
         expected_batch: float,
         physical_batch: int,
         noise_generator: torch.Generator,
+        grad_sampler: str = "layerwise",
+        world: World = SINGLE_PROCESS,
     ) -> None:
+        if grad_sampler not in GRAD_SAMPLERS:
+            raise ValueError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
         if noise_multiplier < 0 or clip <= 0 or expected_batch <= 0 or physical_batch <= 0:
             raise ValueError("DPSGD: noise_multiplier >= 0, clip > 0, batch sizes > 0 required")
         self.model = model
-        self.example_loss = example_loss
+        self.grad_sampler = grad_sampler
+        self.world = world
         self.noise_multiplier = noise_multiplier
         self.clip = clip
         self.expected_batch = expected_batch
@@ -130,31 +157,49 @@ class DPSGD:
         return self.noise_multiplier * self.clip
 
     def private_gradient(self, *batch: Tensor) -> tuple[dict[str, Tensor], StepStats]:
-        """Noisy, normalised gradient of a logical batch (any size, including empty)."""
+        """Noisy, normalised gradient of a logical batch (any size, including empty).
+
+        With a multi-process ``world`` every rank receives the same logical batch, processes its
+        shard, and the clipped sums (with the diagnostics) are summed across ranks in one
+        all-reduce. Every rank then adds the *same* noise draw (identically seeded generators): one
+        Gaussian sample per logical batch, exactly as in a single process.
+        """
         params = trainable(self.model)
         total = {k: torch.zeros_like(v) for k, v in params.items()}
         n = len(batch[0])
-        norms_all, losses = [], []
-        for start in range(0, n, self.physical_batch):
-            chunk = tuple(t[start : start + self.physical_batch] for t in batch)
-            grads, loss = per_example_grads(self.model, self.example_loss, *chunk)
+        mine = self.world.shard(n)
+        local = tuple(t[mine] for t in batch)
+        # [examples, loss sum, norm sum, clipped count] of this rank's shard
+        diag = torch.zeros(4, dtype=torch.float64)
+        for start in range(0, len(local[0]), self.physical_batch):
+            chunk = tuple(t[start : start + self.physical_batch] for t in local)
+            grads, loss = per_example_grads(self.model, *chunk, grad_sampler=self.grad_sampler)
             summed, norms = clipped_sum(grads, self.clip)
             for k in total:
                 total[k] += summed[k]
-            norms_all.append(norms)
-            losses.append(loss.detach())
+            diag += torch.tensor(
+                [
+                    len(norms),
+                    float(loss.sum()),
+                    float(norms.sum()),
+                    float((norms > self.clip).sum()),
+                ],
+                dtype=torch.float64,
+            )
+        self.world.all_reduce_sum(list(total.values()), diag)
         std = self.noise_std()
         noisy = {
             k: (v + std * torch.randn(v.shape, generator=self.noise_generator).to(v))
             / self.expected_batch
             for k, v in total.items()
         }
-        norms = torch.cat(norms_all) if norms_all else torch.zeros(0)
+        count, loss_sum, norm_sum, clipped = diag.tolist()
+        nan = float("nan")
         stats = StepStats(
             batch_size=n,
-            loss=float(torch.cat(losses).mean()) if n else float("nan"),
-            grad_norm_mean=float(norms.mean()) if n else float("nan"),
-            clipped_fraction=float((norms > self.clip).float().mean()) if n else float("nan"),
+            loss=loss_sum / count if count else nan,
+            grad_norm_mean=norm_sum / count if count else nan,
+            clipped_fraction=clipped / count if count else nan,
         )
         return noisy, stats
 

@@ -11,9 +11,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
+from easyhard.compute import FP32, Compute, autocast, prepare_input, prepare_model
 from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
+from easyhard.distributed import SINGLE_PROCESS, World
 from easyhard.dpsgd import DPSGD, expected_batch_size, poisson_batches
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss, to_model
 from easyhard.resume import Checkpointer, generator_states, restore_generators
@@ -47,9 +48,9 @@ def augment(x: Tensor, generator: torch.Generator, flip: bool = False) -> Tensor
     if flip:
         mirror = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
         theta[:, :, 0] *= mirror[:, None]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    contrast = (0.8 + 0.4 * u[:, 4]).reshape(n, 1, 1, 1)
+    contrast = (0.8 + 0.4 * u[:, 4]).reshape(n, 1, 1, 1).to(x.device)
     return (out * contrast).clamp(0.0, 1.0)
 
 
@@ -73,13 +74,16 @@ def pretrain(
     flip: bool = False,
     progress: bool = True,
     checkpoint: Checkpointer | None = None,
+    compute: Compute = FP32,
 ) -> tuple[EMA, History]:
     """Non-private EDM training on central images with augmentation; returns the EMA and history.
 
     One noise draw per image (noise multiplicity only matters under per-example clipping).
-    With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and resumed from."""
+    With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and resumed from.
+    ``compute`` (:mod:`easyhard.compute`) turns on bf16 autocast and channels-last on GPUs."""
     from tqdm import tqdm
 
+    prepare_model(denoiser, compute)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
     ema = EMA(denoiser, cfg.ema_decay)
@@ -99,9 +103,12 @@ def pretrain(
         xb = x[idx]
         if cfg.augment:
             xb = augment(xb, gen, flip=flip)
-        draws = draw_noise(len(xb), tuple(x.shape[1:]), edm, gen, multiplicity=1)
-        loss = edm_loss(denoiser, to_model(xb), y[idx], draws, edm.sigma_data, denoiser.null_label)
-        loss = loss.mean()
+        d = draw_noise(len(xb), tuple(x.shape[1:]), edm, gen, multiplicity=1)  # CPU generator
+        draws = NoiseDraws(d.sigma.to(x.device), d.noise.to(x.device), d.drop.to(x.device))
+        xm = prepare_input(to_model(xb), compute)
+        with autocast(compute):
+            loss = edm_loss(denoiser, xm, y[idx], draws, edm.sigma_data, denoiser.null_label)
+            loss = loss.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -155,25 +162,22 @@ def _resume(
     return int(blob["step"])
 
 
-def edm_example_loss(sigma_data: float, null_label: int) -> Callable[..., Tensor]:
-    """The per-example loss DP-SGD differentiates: one image, its label and its K noise draws."""
+class EDMLoss(nn.Module):
+    """The per-example loss DP-SGD differentiates: ``forward(x, y, sigma, noise, drop) -> [B]``.
 
-    def loss(
-        model: nn.Module,
-        params: dict[str, Tensor],
-        x: Tensor,
-        y: Tensor,
-        sigma: Tensor,
-        noise: Tensor,
-        drop: Tensor,
-    ) -> Tensor:
-        def denoise(xx: Tensor, ss: Tensor, ll: Tensor) -> Tensor:
-            return functional_call(model, params, (xx, ss, ll))
+    Each example's EDM loss is averaged over its K noise draws (``sigma``/``drop`` are ``[B, K]``,
+    ``noise`` is ``[B, K, C, H, W]``); the denoiser sees the K draws of an example as consecutive
+    rows, which the layer-wise per-example gradients rely on.
+    """
 
-        draws = NoiseDraws(sigma[None], noise[None], drop[None])
-        return edm_loss(denoise, x[None], y[None], draws, sigma_data, null_label)[0]
+    def __init__(self, denoiser: Denoiser) -> None:
+        super().__init__()
+        self.denoiser = denoiser
 
-    return loss
+    def forward(self, x: Tensor, y: Tensor, sigma: Tensor, noise: Tensor, drop: Tensor) -> Tensor:
+        d = self.denoiser
+        draws = NoiseDraws(sigma, noise, drop)
+        return edm_loss(d, x, y, draws, d.sigma_data, d.null_label)
 
 
 def dp_finetune(
@@ -189,6 +193,7 @@ def dp_finetune(
     progress: bool = True,
     checkpoint: Checkpointer | None = None,
     ledger_at: Callable[[int], dict[str, Any]] | None = None,
+    world: World = SINGLE_PROCESS,
 ) -> tuple[EMA, History]:
     """DP-SGD fine-tuning for exactly ``steps`` Poisson batches at rate ``cfg.sample_rate``.
 
@@ -198,6 +203,11 @@ def dp_finetune(
 
     With ``checkpoint``, the state (and ``ledger_at(steps_done)``, the privacy ledger so far) is
     saved every ``checkpoint.every`` steps; a rerun resumes and replays the same randomness.
+
+    With a multi-process ``world`` (``torchrun``), every rank runs this function with the same
+    seed: the Poisson batch, the noise draws and the DP noise are identical on all ranks, each rank
+    clips its shard of the batch, and the clipped sums are all-reduced (:mod:`easyhard.distributed`).
+    Only rank 0 saves checkpoints and shows progress.
     """
     from tqdm import tqdm
 
@@ -208,20 +218,27 @@ def dp_finetune(
     ema = ema if ema is not None else EMA(denoiser, cfg.ema_decay)
     ema.decay = cfg.ema_decay
     dp = DPSGD(
-        denoiser,
-        edm_example_loss(edm.sigma_data, denoiser.null_label),
+        EDMLoss(denoiser),
         noise_multiplier=noise_multiplier,
         clip=cfg.clip,
         expected_batch=expected_batch_size(len(x), cfg.sample_rate),
         physical_batch=cfg.physical_batch,
         noise_generator=noise_gen,
+        grad_sampler=cfg.grad_sampler,
+        world=world,
     )
     hist = History()
     gens = (sample_gen, draw_gen, noise_gen)
     start = _resume(checkpoint, denoiser, ema, opt, hist, gens)
     denoiser.train()
     batches = poisson_batches(len(x), cfg.sample_rate, steps - start, sample_gen)
-    bar = tqdm(batches, total=steps, initial=start, desc="DP fine-tune", disable=not progress)
+    bar = tqdm(
+        batches,
+        total=steps,
+        initial=start,
+        desc="DP fine-tune",
+        disable=not (progress and world.is_main),
+    )
     for step, idx in enumerate(bar, start=start):
         draws = draw_noise(len(idx), tuple(x.shape[1:]), edm, draw_gen)
         stats = dp.step_gradients(to_model(x[idx]), y[idx], draws.sigma, draws.noise, draws.drop)
@@ -237,7 +254,7 @@ def dp_finetune(
                 clipped=stats.clipped_fraction,
             )
         bar.set_postfix(loss=f"{stats.loss:.3f}", B=stats.batch_size)
-        if checkpoint is not None and checkpoint.due(step + 1, steps):
+        if checkpoint is not None and world.is_main and checkpoint.due(step + 1, steps):
             ledger = ledger_at(step + 1) if ledger_at is not None else None
             checkpoint.save(step + 1, _state(denoiser, ema, opt, hist, gens, ledger=ledger))
     return ema, hist

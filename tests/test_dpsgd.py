@@ -18,7 +18,7 @@ from easyhard.dpsgd import (
 )
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss
 from easyhard.networks import build_unet
-from easyhard.train import edm_example_loss
+from easyhard.train import EDMLoss
 
 SD = 0.5
 
@@ -37,13 +37,15 @@ def batch(b: int, k: int, dtype=torch.float64):
     return x, y, d.sigma.to(dtype), d.noise.to(dtype), d.drop
 
 
+@pytest.mark.parametrize("grad_sampler", ["layerwise", "vmap"])
 @pytest.mark.parametrize("attention", [False, True])
 @pytest.mark.parametrize("k", [1, 4])
-def test_per_example_grads_match_one_at_a_time_loop(attention, k):
+def test_per_example_grads_match_one_at_a_time_loop(attention, k, grad_sampler):
     den = small_denoiser(attention)
     x, y, sigma, noise, drop = batch(5, k)
-    loss = edm_example_loss(SD, den.null_label)
-    grads, values = per_example_grads(den, loss, x, y, sigma, noise, drop)
+    grads, values = per_example_grads(
+        EDMLoss(den), x, y, sigma, noise, drop, grad_sampler=grad_sampler
+    )
     for i in range(5):
         den.zero_grad()
         li = edm_loss(
@@ -58,14 +60,14 @@ def test_per_example_grads_match_one_at_a_time_loop(attention, k):
         assert math.isclose(float(values[i]), float(li.detach()), rel_tol=1e-10)
         for name, p in den.named_parameters():
             ref = p.grad if p.grad is not None else torch.zeros_like(p)
-            err = (grads[name][i] - ref).norm() / ref.norm().clamp_min(1e-12)
+            err = (grads["denoiser." + name][i] - ref).norm() / ref.norm().clamp_min(1e-12)
             assert err < 1e-5, (name, float(err))
 
 
 def test_clipped_per_example_norms_at_most_c():
     den = small_denoiser(True)
     x, y, sigma, noise, drop = batch(6, 2)
-    grads, _ = per_example_grads(den, edm_example_loss(SD, 3), x, y, sigma, noise, drop)
+    grads, _ = per_example_grads(EDMLoss(den), x, y, sigma, noise, drop)
     norms = per_example_norms(grads)
     for clip in (1e-3, float(norms.median()), 1e3):
         f = clip_factors(norms, clip)
@@ -86,9 +88,7 @@ def test_chunking_does_not_change_the_private_gradient():
     x, y, sigma, noise, drop = batch(7, 2)
     outs = []
     for phys in (2, 3, 100):
-        dp = DPSGD(
-            den, edm_example_loss(SD, 3), 1.3, 0.5, 10.0, phys, torch.Generator().manual_seed(5)
-        )
+        dp = DPSGD(EDMLoss(den), 1.3, 0.5, 10.0, phys, torch.Generator().manual_seed(5))
         outs.append(dp.private_gradient(x, y, sigma, noise, drop)[0])
     for k in outs[0]:
         assert torch.allclose(outs[0][k], outs[1][k], atol=1e-12)
@@ -99,11 +99,9 @@ def test_private_gradient_equals_clip_sum_noise_over_expected_batch():
     den = small_denoiser(False)
     x, y, sigma, noise, drop = batch(4, 2)
     sigma_n, clip, expected = 0.8, 0.05, 12.5
-    dp = DPSGD(
-        den, edm_example_loss(SD, 3), sigma_n, clip, expected, 64, torch.Generator().manual_seed(7)
-    )
+    dp = DPSGD(EDMLoss(den), sigma_n, clip, expected, 64, torch.Generator().manual_seed(7))
     got, stats = dp.private_gradient(x, y, sigma, noise, drop)
-    grads, _ = per_example_grads(den, edm_example_loss(SD, 3), x, y, sigma, noise, drop)
+    grads, _ = per_example_grads(EDMLoss(den), x, y, sigma, noise, drop)
     summed, _ = clipped_sum(grads, clip)
     g = torch.Generator().manual_seed(7)
     for name in summed:
@@ -122,7 +120,7 @@ def test_noise_std_is_sigma_times_c_over_expected_batch():
         torch.zeros(0, 2, 1, 8, 8),
         torch.zeros(0, 2, dtype=torch.bool),
     )
-    dp = DPSGD(den, edm_example_loss(SD, 3), 2.0, 0.7, 20.0, 8, torch.Generator().manual_seed(0))
+    dp = DPSGD(EDMLoss(den), 2.0, 0.7, 20.0, 8, torch.Generator().manual_seed(0))
     g, stats = dp.private_gradient(*empty)
     flat = torch.cat([v.flatten() for v in g.values()]).double()
     n = flat.numel()

@@ -1,0 +1,118 @@
+"""Data-parallel DP fine-tuning over several processes (``torchrun``; gloo on CPU, nccl on GPU).
+
+Every rank holds the same model and draws the same logical Poisson batch, the same K noise draws per
+example and the same DP noise (all generators identically seeded). Rank ``r`` computes the clipped
+per-example gradients of examples ``r, r + W, r + 2W, ...``; the clipped sums are summed across
+ranks in a single all-reduce; each rank adds the identical Gaussian draw, so noise enters exactly
+once per logical batch and the update equals the single-process update. The ledger is unchanged:
+the mechanism (noise multiplier, sample rate, steps) does not depend on the number of processes.
+
+Run the fine-tuning stage on N processes with
+``torchrun --nproc_per_node N -m easyhard.distributed --method dpfeta``; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's rank among ``size`` data-parallel processes."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, n: int) -> Tensor:
+        """Indices of the examples (out of ``n``) this rank processes."""
+        return torch.arange(self.rank, n, self.size)
+
+    def all_reduce_sum(self, tensors: list[Tensor], *more: Tensor) -> None:
+        """Sum ``tensors`` (and ``more``) in place across ranks in one collective call."""
+        if self.size == 1:
+            return
+        import torch.distributed as dist
+
+        flat_parts = [t.reshape(-1).to(torch.float64) for t in [*tensors, *more]]
+        flat = torch.cat(flat_parts)
+        device = tensors[0].device if tensors else flat.device
+        flat = flat.to(device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in [*tensors, *more]:
+            n = t.numel()
+            t.copy_(flat[offset : offset + n].reshape(t.shape).to(t.dtype))
+            offset += n
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+SINGLE_PROCESS = World()
+
+
+def init_from_env(device: str = "cpu") -> World:
+    """Join the process group ``torchrun`` describes (RANK, WORLD_SIZE, ...); one process otherwise."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return SINGLE_PROCESS
+    import torch.distributed as dist
+
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    rank = dist.get_rank()
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+    return World(rank=rank, size=dist.get_world_size())
+
+
+def shutdown(world: World) -> None:
+    """Leave the process group."""
+    if world.size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun ... -m easyhard.distributed --method M``: the DP fine-tuning stage, data-parallel."""
+    from easyhard.config import load_params
+    from easyhard.stages import Paths, find_root, finetune
+
+    parser = argparse.ArgumentParser(prog="python -m easyhard.distributed", description=__doc__)
+    parser.add_argument("--method", required=True)
+    parser.add_argument("--params", default=None, help="params.yaml (default: repository root's)")
+    parser.add_argument("--root", default=None, help="repository root (default: found from cwd)")
+    args = parser.parse_args(argv)
+    root = find_root(args.root)
+    params = load_params(args.params or root / "params.yaml")
+    world = init_from_env(params.device)
+    try:
+        summary = finetune(params, Paths(root), args.method, world=world)
+        if world.is_main:
+            mech = summary["mechanism"]
+            print(
+                f"rank 0 of {world.size}: {mech.steps} DP-SGD steps, noise multiplier "
+                f"{mech.noise_multiplier:.4f}, ledger epsilon {summary['ledger'].epsilon():.3f}"
+            )
+    finally:
+        shutdown(world)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

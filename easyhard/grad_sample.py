@@ -1,0 +1,208 @@
+"""Per-example gradients layer by layer, contracted over noise multiplicity K inside each example.
+
+DP-SGD with noise multiplicity clips the gradient of each example's loss *averaged over its K noise
+draws*. The network sees ``R = B * K`` rows (row ``b * K + k`` is draw ``k`` of example ``b``). For
+every parametrised layer we save its input activation ``a`` in the forward pass and the gradient
+``g`` of the summed loss with respect to its output in the backward pass; since rows of different
+examples never interact (GroupNorm and attention act within one row), example ``b``'s gradient is
+the layer's weight-gradient formula applied to rows ``b*K .. b*K+K-1`` only:
+
+* ``Linear``: ``dW_b = sum_{k, positions} g a^T`` (one ``einsum``), ``db_b = sum g``;
+* ``Conv2d``: the weight gradient of a grouped convolution with the B examples as groups and the K
+  draws as the batch (``torch.nn.grad.conv2d_weight``), so the sum over K and positions happens
+  inside the native kernel and nothing is unfolded;
+* ``GroupNorm``: ``dgamma_b = sum g * x_hat``, ``dbeta_b = sum g``;
+* ``Embedding``: per-example scatter-add of ``g`` into the looked-up rows.
+
+During that backward every parameter has ``requires_grad=False``, so autograd computes only the
+activation gradients and never the batch weight gradients we would throw away. The result has one
+``[B, *p.shape]`` tensor per parameter, B*P floats in all (not B*K*P). Any other module that holds
+trainable parameters raises :class:`UnsupportedLayerError` naming it: nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.Embedding)
+
+
+class UnsupportedLayerError(TypeError):
+    """A module with trainable parameters has no per-example gradient rule here."""
+
+
+@dataclass
+class _Record:
+    """Inputs and output-gradients of one module, one entry per call in the forward pass."""
+
+    inputs: list[Tensor] = field(default_factory=list)
+    grads: dict[int, Tensor] = field(default_factory=dict)
+
+
+def parametrised_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Modules that directly own trainable parameters; raises on an unsupported type."""
+    for name, module in model.named_modules():
+        own = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(module, SUPPORTED):
+            raise UnsupportedLayerError(
+                f"per-example gradients: module '{name}' ({type(module).__name__}) has trainable "
+                f"parameters but no layer-wise rule (supported: "
+                f"{', '.join(t.__name__ for t in SUPPORTED)}); use grad_sampler='vmap' or freeze it"
+            )
+        yield name, module
+
+
+@contextmanager
+def _capture(model: nn.Module) -> Iterator[dict[str, tuple[nn.Module, _Record]]]:
+    """Record each parametrised module's inputs and output gradients; parameters frozen meanwhile."""
+    modules = list(parametrised_modules(model))
+    frozen = [p for _, m in modules for p in m.parameters(recurse=False) if p.requires_grad]
+    records: dict[str, tuple[nn.Module, _Record]] = {}
+    handles = []
+
+    def hook(record: _Record) -> Callable:
+        def forward_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+            call = len(record.inputs)
+            record.inputs.append(args[0].detach())
+            if not output.requires_grad:
+                # Parameters are frozen: a layer fed only by constants (the class and time
+                # embeddings, the first convolution) would otherwise drop out of the graph.
+                output = output.detach().requires_grad_(True)
+
+            def store(g: Tensor) -> None:
+                record.grads[call] = g.detach()
+
+            output.register_hook(store)
+            return output
+
+        return forward_hook
+
+    try:
+        for name, module in modules:
+            record = _Record()
+            records[name] = (module, record)
+            handles.append(module.register_forward_hook(hook(record)))
+        for p in frozen:
+            p.requires_grad_(False)
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _group(t: Tensor, batch: int) -> Tensor:
+    """[R, ...] rows -> [B, R/B, ...] (the K draws of each example together)."""
+    if t.shape[0] % batch:
+        raise ValueError(
+            f"per-example gradients: {t.shape[0]} rows do not split into {batch} examples"
+        )
+    return t.reshape(batch, t.shape[0] // batch, *t.shape[1:])
+
+
+def _linear(m: nn.Linear, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
+    a = _group(a, batch).reshape(batch, -1, a.shape[-1])
+    g = _group(g, batch).reshape(batch, -1, g.shape[-1])
+    out = {"weight": torch.einsum("bno,bni->boi", g, a)}
+    if m.bias is not None:
+        out["bias"] = g.sum(1)
+    return out
+
+
+def _conv2d(m: nn.Conv2d, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
+    # Examples become groups of a grouped convolution whose batch is the K draws: the native
+    # weight-gradient kernel then sums over draws and positions for every example at once.
+    k = a.shape[0] // batch
+    cin, cout = a.shape[1], g.shape[1]
+    a_g = _group(a, batch).transpose(0, 1).reshape(k, batch * cin, *a.shape[2:])
+    g_g = _group(g, batch).transpose(0, 1).reshape(k, batch * cout, *g.shape[2:])
+    w = torch.nn.grad.conv2d_weight(
+        a_g,
+        (batch * cout, cin // m.groups, *m.kernel_size),
+        g_g,
+        stride=m.stride,
+        padding=m.padding,
+        dilation=m.dilation,
+        groups=batch * m.groups,
+    )
+    out = {"weight": w.reshape(batch, cout, cin // m.groups, *m.kernel_size)}
+    if m.bias is not None:
+        out["bias"] = _group(g, batch).sum((1, 3, 4))
+    return out
+
+
+def _group_norm(m: nn.GroupNorm, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
+    x_hat = F.group_norm(a, m.num_groups, None, None, m.eps)
+    dims = (1, *range(3, g.dim() + 1))  # draws and positions, keep channels
+    out = {}
+    if m.weight is not None:
+        out["weight"] = _group(g * x_hat, batch).sum(dims)
+    if m.bias is not None:
+        out["bias"] = _group(g, batch).sum(dims)
+    return out
+
+
+def _embedding(m: nn.Embedding, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
+    idx = _group(a, batch).reshape(batch, -1)
+    gg = _group(g, batch).reshape(batch, -1, g.shape[-1])
+    w = torch.zeros(batch, m.num_embeddings, m.embedding_dim, dtype=g.dtype, device=g.device)
+    w.scatter_add_(1, idx.unsqueeze(-1).expand_as(gg), gg)
+    return {"weight": w}
+
+
+_RULES: dict[type, Callable[..., dict[str, Tensor]]] = {
+    nn.Linear: _linear,
+    nn.Conv2d: _conv2d,
+    nn.GroupNorm: _group_norm,
+    nn.Embedding: _embedding,
+}
+
+
+def _rule(module: nn.Module) -> Callable[..., dict[str, Tensor]]:
+    for tp, fn in _RULES.items():
+        if isinstance(module, tp):
+            return fn
+    raise UnsupportedLayerError(type(module).__name__)
+
+
+def layerwise_grads(loss_module: nn.Module, *batch: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Per-example gradients ``{name: [B, *shape]}`` and losses ``[B]`` of ``loss_module(*batch)``.
+
+    ``loss_module`` returns one loss per example (shape ``[B]``); inside, each example may expand
+    into several rows (its K noise draws) as long as rows of an example are contiguous. Parameters
+    without a gradient path get zeros, as ``torch.func`` would give.
+    """
+    n = len(batch[0])
+    names = {p: k for k, p in loss_module.named_parameters() if p.requires_grad}
+    with _capture(loss_module) as records:
+        losses = loss_module(*batch)
+        if losses.shape != (n,):
+            raise ValueError(
+                f"loss_module must return one loss per example, got {tuple(losses.shape)}"
+            )
+        if losses.requires_grad:
+            losses.sum().backward()
+    grads: dict[str, Tensor] = {}
+    for module, record in records.values():
+        rule = _rule(module)
+        for call, a in enumerate(record.inputs):
+            g = record.grads.get(call)
+            if g is None:
+                continue
+            for pname, value in rule(module, a, g, n).items():
+                key = names[getattr(module, pname)]
+                grads[key] = grads[key] + value if key in grads else value
+    for p, key in names.items():
+        if key not in grads:
+            grads[key] = torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device)
+    ordered = {key: grads[key] for key in names.values()}
+    return ordered, losses.detach()
