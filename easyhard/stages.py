@@ -16,6 +16,8 @@ import torch
 from easyhard import data as D
 from easyhard.central import central_mechanism, query_central_images
 from easyhard.checkpoint import build_denoiser, load_model, save_model
+from easyhard.compute import Compute, running
+from easyhard.compute import resolve as resolve_compute
 from easyhard.config import Params, to_dict
 from easyhard.edm import from_model, network_calls, sample
 from easyhard.io import read_json, save_figure, savez, write_json
@@ -113,6 +115,11 @@ def _device(params: Params) -> str:
     return params.device
 
 
+def compute_settings(params: Params) -> Compute:
+    """``params.compute`` resolved for ``params.device`` (bf16 / channels-last on CUDA only)."""
+    return resolve_compute(_device(params), params.compute)
+
+
 # --------------------------------------------------------------------------------------- prepare
 def prepare(params: Params, paths: Paths) -> dict[str, Any]:
     """Load the dataset, split it (sensitive train / held-out real test), save both."""
@@ -121,8 +128,12 @@ def prepare(params: Params, paths: Paths) -> dict[str, Any]:
     data_root = Path(params.data.root)
     if not data_root.is_absolute():  # relative to the repository, wherever the notebook runs
         data_root = paths.root / data_root
-    ds = D.load_dataset(replace(params.data, root=str(data_root)))
-    train, test = D.split(ds, params.data.test_fraction, params.seed, params.data.max_per_class)
+    cfg = replace(params.data, root=str(data_root))
+    if cfg.split == "official":
+        train, test = D.load_official_split(cfg)
+    else:
+        ds = D.load_dataset(cfg)
+        train, test = D.split(ds, cfg.test_fraction, params.seed, cfg.max_per_class)
     check_delta(params.privacy.delta, len(train))
     D.save_npz(paths.train, train)
     D.save_npz(paths.test, test)
@@ -141,7 +152,9 @@ def fid_reference(params: Params, paths: Paths) -> dict[str, Any]:
     train = D.load_npz(paths.train)
     n = min(params.evaluate.fid_real_count, len(train))
     idx = np.sort(np.random.default_rng(params.seed).permutation(len(train))[:n])
-    feats = inception_features(train.x[idx], batch_size=params.evaluate.batch_size)
+    feats = inception_features(
+        train.x[idx], batch_size=params.evaluate.batch_size, device=_device(params)
+    )
     save_features(paths.fid_real, feats)
     return {"count": n, "features": feats}
 
@@ -211,7 +224,14 @@ def pretrain_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
             ),
         )
         ema, hist = pretrain(
-            den, cx, cy, params.pretrain, params.edm, seed=params.seed, checkpoint=ckpt
+            den,
+            cx,
+            cy,
+            params.pretrain,
+            params.edm,
+            seed=params.seed,
+            checkpoint=ckpt,
+            compute=compute_settings(params),
         )
         den.load_state_dict(ema.model.state_dict())
         rows = hist.rows
@@ -337,11 +357,12 @@ def sample_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     labels = torch.as_tensor(balanced_labels(cfg.count, train.n_classes))
     gen = torch.Generator().manual_seed(params.seed)
     chunks = []
-    for start in tqdm(
-        range(0, cfg.count, cfg.batch_size), desc=f"sampling (NFE={network_calls(cfg)})"
-    ):
-        lab = labels[start : start + cfg.batch_size]
-        chunks.append(from_model(sample(den, lab, train.shape, cfg, gen)).cpu())
+    with running(den, compute_settings(params)):  # bf16 autocast / channels-last on CUDA
+        for start in tqdm(
+            range(0, cfg.count, cfg.batch_size), desc=f"sampling (NFE={network_calls(cfg)})"
+        ):
+            lab = labels[start : start + cfg.batch_size]
+            chunks.append(from_model(sample(den, lab, train.shape, cfg, gen)).cpu())
     x = torch.cat(chunks).numpy()
     x8 = np.round(x * 255).astype(np.uint8)
     savez(paths.samples(method), x=x8, y=labels.numpy(), classes=np.asarray(train.classes))
@@ -361,7 +382,9 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     # FID / precision / recall on a class-balanced subset (every k-th of the sorted labels)
     n_fid = min(params.evaluate.fid_count, len(synth))
     fid_idx = np.linspace(0, len(synth) - 1, n_fid).round().astype(int)
-    fake = M.inception_features(synth.x[fid_idx], batch_size=params.evaluate.batch_size)
+    fake = M.inception_features(
+        synth.x[fid_idx], batch_size=params.evaluate.batch_size, device=_device(params)
+    )
     precision, recall = M.precision_recall(real, fake, k=5)
     accs = [
         M.classifier_accuracy(

@@ -140,3 +140,253 @@ def test_label_count_mismatch_and_wrong_layout():
         validate(np.zeros((5, 2, 4, 4), np.float32), np.zeros(5, np.int64), ("0",))
     with pytest.raises(DataError, match="labels must be integers"):
         validate(np.zeros((2, 1, 4, 4), np.float32), np.zeros(2, np.float32), ("0",))
+
+
+# ------------------------------------------- paper-scale datasets, generated in their real formats
+def _write_idx_gz(path, arr, magic):
+    """IDX compressed as distributed (train-images-idx3-ubyte.gz, ...)."""
+    import gzip
+
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def make_idx_gz(root, folder="MNIST", n_train=30, n_test=20, seed=0):
+    """torchvision's raw folder holding only the four .gz archives."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        imgs = rng.integers(0, 256, size=(n, 28, 28))
+        labels = np.arange(n) % 10
+        _write_idx_gz(raw / f"{part}-images-idx3-ubyte.gz", imgs, 2051)
+        _write_idx_gz(raw / f"{part}-labels-idx1-ubyte.gz", labels, 2049)
+        out[part] = (imgs, labels)
+    return out
+
+
+@pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_idx_gz_archives_official_split(tmp_path, name, folder):
+    from easyhard.data import load_official_split
+
+    made = make_idx_gz(tmp_path, folder)
+    cfg = DataConfig(name=name, root=str(tmp_path), download=False, split="official")
+    train, test = load_official_split(cfg)
+    assert train.x.shape == (30, 1, 28, 28) and test.x.shape == (20, 1, 28, 28)
+    assert np.allclose(train.x[7, 0] * 255, made["train"][0][7], atol=1e-3)
+    assert test.y.tolist() == made["t10k"][1].tolist()
+    if name == "fashion_mnist":
+        assert train.classes[0] == "T-shirt/top"
+
+
+def make_cifar10(root, n_per_batch=4, n_test=10, seed=0):
+    """cifar-10-batches-py/ as torchvision extracts it: pickled dicts (str keys, as the original
+    Python 2 pickles load), rows of 3072 uint8 (CHW)."""
+    import pickle
+
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for name, n in [
+        *((f"data_batch_{i}", n_per_batch) for i in range(1, 6)),
+        ("test_batch", n_test),
+    ]:
+        data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, n)]
+        labels[:10] = list(range(min(n, 10)))[: len(labels[:10])]
+        with open(d / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels, "filenames": ["x.png"] * n}, f)
+        batches[name] = (data, labels)
+    names = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
+    with open(d / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_vis": 3072}, f)
+    return batches
+
+
+def test_cifar10_pickle_batches(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    # the generated files cannot match torchvision's md5 sums of the real archive
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+    batches = make_cifar10(tmp_path)
+    train = load_torchvision("cifar10", tmp_path, download=False, train=True)
+    test = load_torchvision("cifar10", tmp_path, download=False, train=False)
+    assert train.x.shape == (20, 3, 32, 32) and test.x.shape == (10, 3, 32, 32)
+    data, labels = batches["data_batch_2"]
+    assert np.allclose(train.x[4] * 255, data[0].reshape(3, 32, 32), atol=1e-3)  # CHW rows
+    assert train.y[4:8].tolist() == labels
+    assert train.classes[9] == "truck"
+
+
+ATTRS = ["5_o_Clock_Shadow", "Eyeglasses", "Male", "Smiling", "Young"]
+
+
+def make_celeba(root, n=12, seed=0):
+    """torchvision's CelebA layout: 178x218 aligned JPEGs, attribute and partition files."""
+    d = root / "celeba"
+    (d / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    male = np.array([i % 2 for i in range(n)])
+    part = np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2][:n])
+    lines = [str(n), " ".join(ATTRS) + " "]
+    for i in range(n):
+        name = f"{i + 1:06d}.jpg"
+        img = np.zeros((218, 178, 3), np.uint8)
+        img[:, :] = (200, 30, 30)  # red bands above and below the centre square
+        img[20:198] = (30, 200, 30) if male[i] else (30, 30, 200)
+        Image.fromarray(img).save(d / "img_align_celeba" / name, quality=95)
+        vals = [int(v) for v in rng.choice([-1, 1], len(ATTRS))]
+        vals[ATTRS.index("Male")] = 1 if male[i] else -1
+        lines.append(name + "".join(f" {v:2d}" for v in vals))
+    (d / "list_attr_celeba.txt").write_text("\n".join(lines) + "\n")
+    (d / "list_eval_partition.txt").write_text(
+        "".join(f"{i + 1:06d}.jpg {p}\n" for i, p in enumerate(part))
+    )
+    return male, part
+
+
+def test_celeba_male_32_centre_cropped(tmp_path):
+    from easyhard.data import load_celeba, load_official_split
+
+    male, part = make_celeba(tmp_path)
+    ds = load_celeba(tmp_path, "Male", 32)
+    assert ds.x.shape == (12, 3, 32, 32) and ds.classes == ("not_Male", "Male")
+    assert ds.y.tolist() == male.tolist()
+    # centre crop 178x178 drops the red bands; what is left is green (male) or blue (female)
+    red = ds.x[:, 0].mean(axis=(1, 2))
+    assert red.max() < 0.2
+    assert np.all(ds.x[male == 1, 1].mean(axis=(1, 2)) > 0.7)
+    train, test = load_official_split(
+        DataConfig(name="celeba", root=str(tmp_path), image_size=32, split="official")
+    )
+    assert len(train) == int((part == 0).sum()) and len(test) == int((part == 2).sum())
+    with pytest.raises(DataError, match="attribute 'Bald' not in"):
+        load_celeba(tmp_path, "Bald", 32)
+
+
+def _patch(rng, tumor):
+    img = rng.integers(0, 120, (96, 96, 3), dtype=np.uint8)
+    if tumor:
+        img[..., 0] = 250
+    return img
+
+
+def make_camelyon_zips(root, n=8, seed=0):
+    """DPImageBench's train_32.zip / test_32.zip: PNGs plus dataset.json {"labels": [[path, y]]}."""
+    import io
+    import json
+    import zipfile
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    labels = {}
+    for part in ("train", "test"):
+        entries = []
+        with zipfile.ZipFile(root / f"{part}_32.zip", "w") as z:
+            for i in range(n):
+                rel = f"{i // 4:05d}/img{i:08d}.png"
+                buf = io.BytesIO()
+                Image.fromarray(_patch(rng, i % 2)[:32, :32]).save(buf, format="PNG")
+                z.writestr(rel, buf.getvalue())
+                entries.append([rel, i % 2])
+            z.writestr("dataset.json", json.dumps({"labels": entries}))
+        labels[part] = [y for _, y in entries]
+    return labels
+
+
+def test_camelyon_dpimagebench_zips(tmp_path):
+    from easyhard.data import load_camelyon, load_labelled, load_official_split
+
+    labels = make_camelyon_zips(tmp_path / "cam")
+    train, test = load_official_split(
+        DataConfig(name="camelyon", root=str(tmp_path / "cam"), image_size=32, split="official")
+    )
+    assert train.x.shape == (8, 3, 32, 32) and train.classes == ("normal", "tumor")
+    assert train.y.tolist() == labels["train"] and test.y.tolist() == labels["test"]
+    assert np.all(train.x[train.y == 1, 0] > 0.95)  # tumor patches were drawn red
+    assert len(load_camelyon(tmp_path / "cam", 32)) == 16  # random split: everything
+    assert len(load_labelled(tmp_path / "cam" / "test_32.zip", 32)) == 8
+    with pytest.raises(DataError, match="no test"):
+        (tmp_path / "cam" / "test_32.zip").unlink()
+        load_camelyon(tmp_path / "cam", 32, "test")
+
+
+def make_wilds_camelyon(root, seed=0):
+    """WILDS camelyon17_v1.0: metadata.csv + patches/patient_XXX_node_N/patch_..._x_X_y_Y.png."""
+    rng = np.random.default_rng(seed)
+    d = root / "camelyon17_v1.0"
+    rows = ["idx,patient,node,x_coord,y_coord,tumor,slide,center,split"]
+    centers = [0, 0, 3, 4, 1, 2, 2, 2]
+    for i, c in enumerate(centers):
+        patient, node, x, y, tumor = 4 + c, i % 5, 100 * i, 200 + i, i % 2
+        folder = d / "patches" / f"patient_{patient:03d}_node_{node}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"patch_patient_{patient:03d}_node_{node}_x_{x}_y_{y}.png"
+        Image.fromarray(_patch(rng, tumor)).save(folder / name)
+        rows.append(f"{i},{patient},{node},{x},{y},{tumor},{c},{c},0")
+    (d / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return np.array(centers)
+
+
+def test_camelyon_wilds_layout_resized_and_split_by_hospital(tmp_path):
+    from easyhard.data import load_official_split
+
+    centers = make_wilds_camelyon(tmp_path)
+    cfg = DataConfig(name="camelyon", root=str(tmp_path), image_size=32, split="official")
+    train, test = load_official_split(cfg)
+    assert train.x.shape == (int(np.isin(centers, [0, 3, 4]).sum()), 3, 32, 32)
+    assert len(test) == int((centers == 2).sum())
+    assert len(load_dataset(DataConfig(name="camelyon", root=str(tmp_path), image_size=32))) == 8
+
+
+def test_labelled_folder_and_bad_label_file(tmp_path):
+    import json
+
+    from easyhard.data import load_labelled
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+            tmp_path / "a" / f"{i}.png"
+        )
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": [[f"a/{i}.png", i % 2] for i in range(4)]})
+    )
+    ds = load_labelled(tmp_path, 16)
+    assert ds.x.shape == (4, 3, 16, 16) and ds.y.tolist() == [0, 1, 0, 1]
+    (tmp_path / "dataset.json").write_text('{"label": []}')
+    with pytest.raises(DataError, match="dataset.json"):
+        load_labelled(tmp_path, 16)
+
+
+def test_folder_resized_to_image_size(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls, shape in (("a", (40, 30, 3)), ("b", (64, 64, 3))):
+        (tmp_path / cls).mkdir()
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / cls / "0.png")
+    ds = load_dataset(DataConfig(name="folder", root=str(tmp_path), image_size=32))
+    assert ds.x.shape == (2, 3, 32, 32)
+    with pytest.raises(DataError, match="differs from the first"):
+        load_dataset(DataConfig(name="folder", root=str(tmp_path)))
+
+
+def test_official_split_refused_for_datasets_without_one():
+    from easyhard.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.split=official needs"):
+        DataConfig(name="folder", split="official")

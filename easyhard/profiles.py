@@ -1,0 +1,209 @@
+"""Paper-scale parameter profiles: ``profiles/<dataset>-eps<1|10>.yaml`` on top of ``params.yaml``.
+
+A profile file holds only the keys it overrides, an optional ``base`` (another profile it extends)
+and a ``profile`` block of metadata that is not a parameter: the dataset, its training-set size
+``train_size`` (the sample rates are set for it), DPImageBench's published numbers, the published
+network size and estimated GPU cost. ::
+
+    python -m easyhard.profiles list                 # names, one line each
+    python -m easyhard.profiles check [NAME ...]     # validate + plan the privacy budget
+    python -m easyhard.profiles show NAME            # the merged params as YAML
+    python -m easyhard.profiles apply NAME           # write them to params.yaml (validated first)
+    python -m easyhard.profiles table                # the README's markdown table
+
+then ``dvc exp run -n NAME``. ``git checkout params.yaml`` restores the CPU defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from easyhard.config import ConfigError, Params, from_mapping, merge
+
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One resolved profile: its overrides (``base`` chain merged) and its metadata."""
+
+    name: str
+    overrides: dict[str, Any]
+    meta: dict[str, Any]
+
+    def params(self, base: Mapping[str, Any]) -> Params:
+        """The validated :class:`Params` of ``base`` (params.yaml's mapping) plus the overrides."""
+        return from_mapping(Params, self.merged(base))
+
+    def merged(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        return merge(base, self.overrides)
+
+
+def names(directory: Path | None = None) -> list[str]:
+    """Every profile in ``directory`` (default :data:`PROFILE_DIR`), sorted."""
+    return sorted(p.stem for p in (directory or PROFILE_DIR).glob("*.yaml"))
+
+
+def load(name: str, directory: Path | None = None) -> Profile:
+    """Read profile ``name`` and the chain of profiles it extends (``base``)."""
+    directory = directory or PROFILE_DIR
+    chain: list[str] = []
+    overrides: dict[str, Any] = {}
+    meta: dict[str, Any] = {}
+    current: str | None = name
+    while current is not None:
+        if current in chain:
+            raise ConfigError(f"profile {name!r}: 'base' loops ({' -> '.join([*chain, current])})")
+        path = directory / f"{current}.yaml"
+        if not path.is_file():
+            known = ", ".join(names(directory)) or "none"
+            raise ConfigError(f"profile {current!r} not found in {directory} (known: {known})")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a profile must be a mapping")
+        chain.append(current)
+        current = data.pop("base", None)
+        meta = merge(data.pop("profile", None) or {}, meta)
+        overrides = merge(data, overrides)
+    return Profile(name, overrides, meta)
+
+
+def read_base(params_file: str | Path = "params.yaml") -> dict[str, Any]:
+    """The mapping in ``params_file`` (the defaults a profile is applied to)."""
+    path = Path(params_file)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def plan(profile: Profile, params: Params) -> dict[str, Any]:
+    """Privacy plan at the profile's ``train_size``: central-image cost, DP-SGD sigma and steps."""
+    from easyhard.central import central_mechanism
+    from easyhard.privacy import calibrate_noise_multiplier, compose_epsilon, steps_for_epochs
+
+    n = int(profile.meta["train_size"])
+    p = params.privacy
+    if not p.delta < 1.0 / n:
+        raise ConfigError(
+            f"profile {profile.name}: privacy.delta={p.delta:g} must be < 1/N = {1 / n:.3g}"
+        )
+    prior = [central_mechanism(params.central)] if "dpfeta" in params.methods else []
+    central_eps = compose_epsilon(prior, p.delta, p.accountant)
+    if central_eps >= p.epsilon:
+        raise ConfigError(
+            f"profile {profile.name}: central images alone spend eps={central_eps:.3g} >= {p.epsilon:g}"
+        )
+    steps = steps_for_epochs(params.finetune.epochs, params.finetune.sample_rate)
+    mech = calibrate_noise_multiplier(
+        p.epsilon, p.delta, params.finetune.sample_rate, steps, prior, p.accountant
+    )
+    return {
+        "central_epsilon": central_eps,
+        "noise_multiplier": mech.noise_multiplier,
+        "steps": steps,
+        "expected_batch": params.finetune.sample_rate * n,
+    }
+
+
+def check(name: str, base: Mapping[str, Any], with_plan: bool = True) -> dict[str, Any]:
+    """Validate profile ``name`` on ``base``; returns its summary (raises :class:`ConfigError`)."""
+    prof = load(name)
+    params = prof.params(base)
+    missing = [k for k in ("dataset", "train_size", "published") if k not in prof.meta]
+    if missing:
+        raise ConfigError(f"profile {name}: 'profile' block lacks {', '.join(missing)}")
+    out = {"name": name, "params": params, "meta": prof.meta}
+    if with_plan:
+        out.update(plan(prof, params))
+    return out
+
+
+def apply(name: str, params_file: str | Path = "params.yaml") -> Params:
+    """Write ``params_file`` = its current content + profile ``name``, validated before writing."""
+    from easyhard.io import atomic_path
+
+    base = read_base(params_file)
+    prof = load(name)
+    params = prof.params(base)  # refuses before anything is written
+    header = (
+        f"# easyhard params: profile {name} (profiles/{name}.yaml) applied by "
+        "`python -m easyhard.profiles apply`.\n# `git checkout params.yaml` restores the defaults.\n"
+    )
+    body = yaml.safe_dump(prof.merged(base), sort_keys=False, default_flow_style=None, width=100)
+    with atomic_path(params_file) as tmp:
+        tmp.write_text(header + body)
+    return params
+
+
+def _fmt(x: Any, suffix: str = "") -> str:
+    return "—" if x is None else f"{x:g}{suffix}"
+
+
+def table(base: Mapping[str, Any]) -> str:
+    """Markdown: profile, command, estimated GPU cost, DP-SGD plan, published reference numbers."""
+    rows = [
+        "| profile | dataset | command | est. GPU time / memory | DP-SGD σ, steps | "
+        "published FID / acc. (%) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in names():
+        s = check(name, base)
+        m, pub = s["meta"], s["meta"]["published"]
+        cmd = f"`python -m easyhard.profiles apply {name} && dvc exp run -n {name}`"
+        cost = f"~{m.get('gpu_hours', '?')} h / ~{m.get('gpu_memory_gb', '?')} GB"
+        dp = f"{s['noise_multiplier']:.3g}, {s['steps']}"
+        ref = f"{_fmt(pub.get('fid'))} / {_fmt(pub.get('accuracy'))}"
+        rows.append(f"| {name} | {m['dataset']} | {cmd} | {cost} | {dp} | {ref} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m easyhard.profiles", description=__doc__.splitlines()[0]
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list")
+    c = sub.add_parser("check")
+    c.add_argument("names", nargs="*")
+    s = sub.add_parser("show")
+    s.add_argument("name")
+    a = sub.add_parser("apply")
+    a.add_argument("name")
+    sub.add_parser("table")
+    ap.add_argument("--params", default="params.yaml", help="the params file (default params.yaml)")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "list":
+            for n in names():
+                meta = load(n).meta
+                print(f"{n:16s} {meta.get('dataset', '')}")
+        elif args.cmd == "check":
+            base = read_base(args.params)
+            for n in args.names or names():
+                r = check(n, base)
+                print(
+                    f"{n}: ok (central eps {r['central_epsilon']:.3f}, DP-SGD sigma "
+                    f"{r['noise_multiplier']:.3f} x {r['steps']} steps, batch ~{r['expected_batch']:.0f})"
+                )
+        elif args.cmd == "show":
+            print(yaml.safe_dump(load(args.name).merged(read_base(args.params)), sort_keys=False))
+        elif args.cmd == "apply":
+            apply(args.name, args.params)
+            print(f"{args.params}: profile {args.name} applied; now `dvc exp run -n {args.name}`")
+        else:
+            print(table(read_base(args.params)))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
