@@ -386,18 +386,21 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         synth.x[fid_idx], batch_size=params.evaluate.batch_size, device=_device(params)
     )
     precision, recall = M.precision_recall(real, fake, k=5)
-    accs = [
-        M.classifier_accuracy(
-            synth.x,
-            synth.y,
-            test.x,
-            test.y,
-            test.n_classes,
-            epochs=params.evaluate.classifier_epochs,
-            seed=params.seed + s,
-        )["accuracy"]
-        for s in range(params.evaluate.classifier_seeds)
-    ]
+    # utility: each classifier trained on synthetic images only (epoch / C chosen on a synthetic
+    # validation split), tested once on the real test set; mean +- std over the seeds
+    utility, runs = M.utility(
+        synth.x,
+        synth.y,
+        test.x,
+        test.y,
+        test.n_classes,
+        classifiers=params.evaluate.classifiers,
+        seeds=params.evaluate.classifier_seeds,
+        epochs=params.evaluate.classifier_epochs,
+        seed=params.seed,
+        device=_device(params),
+    )
+    write_json(paths.stage(method, "evaluate") / "classifiers.json", runs)
     ledger = Ledger.load(paths.ledger(method))
     by = ledger.to_dict()
     sgd = [m for m in ledger.mechanisms if m.name == "dp_sgd"]
@@ -410,14 +413,14 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "fid": M.fid_from_features(real, fake),
         "precision": precision,
         "recall": recall,
-        "accuracy_cnn_mean": float(np.mean(accs)),
-        "accuracy_cnn_std": float(np.std(accs)),
+        **utility,  # <classifier>_acc_mean, <classifier>_acc_std
+        "classifier_seeds": params.evaluate.classifier_seeds,
         "synthetic_count": len(synth),
         "fid_count": n_fid,
         "fid_real_count": len(real),
     }
     write_json(paths.metrics(method), result)
-    return result
+    return result | {"classifier_runs": runs}
 
 
 # ------------------------------------------------------------------------------------ report
@@ -428,7 +431,10 @@ def report(params: Params, paths: Paths) -> dict[str, Any]:
     metrics = {m: read_json(paths.metrics(m)) for m in params.methods}
     test = D.load_npz(paths.test)
     figs = {
-        "metrics": comparison_bars(metrics, ["fid", "accuracy_cnn_mean", "epsilon"]),
+        "metrics": comparison_bars(
+            metrics,
+            ["fid", *(f"{c}_acc_mean" for c in params.evaluate.classifiers), "epsilon"],
+        ),
         "loss": loss_figure(
             {f"{m} fine-tune": read_json(paths.history(m, "finetune")) for m in params.methods}
             | {f"{m} pretrain": read_json(paths.history(m, "pretrain")) for m in params.methods},

@@ -337,3 +337,45 @@ def test_logistic_regression_digits(digits):
     shuffled = np.random.default_rng(0).permutation(ytr)
     res = M.logistic_regression_accuracy(xtr, shuffled, xte, yte, 10, cs=(1.0,), progress=False)
     assert res["accuracy"] < 0.3
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 28, 28)])
+def test_resnet_shapes(shape):
+    net = M.build_classifier("resnet", *shape, n_classes=7)
+    assert net(torch.zeros(2, *shape)).shape == (2, 7)
+    with pytest.raises(ValueError, match="unknown classifier"):
+        M.build_classifier("vit", *shape, n_classes=7)
+
+
+def test_resnet_digits(digits):
+    xtr, xte, ytr, yte = digits
+    res = M.classifier_accuracy(
+        xtr, ytr, xte, yte, 10, epochs=6, seed=0, progress=False, arch="resnet"
+    )
+    assert res["accuracy"] > 0.85 and 1 <= res["best_epoch"] <= 6
+
+
+def test_utility_protocol(digits):
+    """Every classifier, every seed, flat mean/std keys; selection never sees the test labels."""
+    xtr, xte, ytr, yte = digits
+    xtr, ytr = xtr[:300], ytr[:300]
+    kw = dict(n_classes=10, seeds=2, epochs=2, seed=5, progress=False)
+    summary, runs = M.utility(xtr, ytr, xte, yte, **kw)
+    assert sorted(summary) == sorted(
+        f"{c}_acc_{k}" for c in ("cnn", "resnet", "logreg") for k in ("mean", "std")
+    )
+    assert [(r["classifier"], r["seed"]) for r in runs] == [
+        (c, s) for c in ("cnn", "resnet", "logreg") for s in (5, 6)
+    ]
+    for c in ("cnn", "resnet", "logreg"):
+        accs = [r["accuracy"] for r in runs if r["classifier"] == c]
+        assert summary[f"{c}_acc_mean"] == pytest.approx(np.mean(accs))
+        assert summary[f"{c}_acc_std"] == pytest.approx(np.std(accs))
+    # the test labels are used once, for scoring: permuting them changes nothing that was selected
+    _, runs2 = M.utility(xtr, ytr, xte, (yte + 1) % 10, **kw)
+    strip = [{k: v for k, v in r.items() if k != "accuracy"} for r in runs]
+    assert strip == [{k: v for k, v in r.items() if k != "accuracy"} for r in runs2]
+    only, _ = M.utility(xtr, ytr, xte, yte, classifiers=["logreg"], **kw)
+    assert list(only) == ["logreg_acc_mean", "logreg_acc_std"]
+    with pytest.raises(ValueError, match="classifiers"):
+        M.utility(xtr, ytr, xte, yte, classifiers=["svm"], **kw)

@@ -103,8 +103,13 @@ def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):
         assert metrics["epsilon"] >= 0.99 * TINY["privacy"]["epsilon"]
         names = [x.name for x in ledger.mechanisms]
         assert names == (["central_images_mean", "dp_sgd"] if m == "dpfeta" else ["dp_sgd"])
-        for key in ("fid", "accuracy_cnn_mean", "delta", "epsilon_rdp", "precision", "recall"):
+        for key in ("fid", "delta", "epsilon_rdp", "precision", "recall"):
             assert key in metrics
+        for name in ("cnn", "resnet", "logreg"):  # every classifier reported, flat keys
+            assert 0.0 <= metrics[f"{name}_acc_mean"] <= 1.0
+            assert metrics[f"{name}_acc_std"] >= 0.0
+        runs = json.loads((tiny_run / "runs" / m / "evaluate" / "classifiers.json").read_text())
+        assert len(runs) == 3 * metrics["classifier_seeds"]
 
 
 def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:
