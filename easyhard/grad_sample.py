@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -35,14 +34,6 @@ SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.Embedding)
 
 class UnsupportedLayerError(TypeError):
     """A module with trainable parameters has no per-example gradient rule here."""
-
-
-@dataclass
-class _Record:
-    """Inputs and output-gradients of one module, one entry per call in the forward pass."""
-
-    inputs: list[Tensor] = field(default_factory=list)
-    grads: dict[int, Tensor] = field(default_factory=dict)
 
 
 def parametrised_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
@@ -61,38 +52,48 @@ def parametrised_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 @contextmanager
-def _capture(model: nn.Module) -> Iterator[dict[str, tuple[nn.Module, _Record]]]:
-    """Record each parametrised module's inputs and output gradients; parameters frozen meanwhile."""
+def _capture(model: nn.Module, batch: int, grads: dict[str, Tensor]) -> Iterator[None]:
+    """Accumulate per-example gradients into ``grads`` during the next backward pass.
+
+    Each parametrised module keeps its input from the forward pass; when its output gradient
+    arrives in the backward pass, its per-example gradients are formed at once and the input is
+    released, so no more than one layer's extra tensors live at a time. Parameters are frozen
+    meanwhile, so autograd computes activation gradients only.
+    """
     modules = list(parametrised_modules(model))
+    names = {p: k for k, p in model.named_parameters() if p.requires_grad}
     frozen = [p for _, m in modules for p in m.parameters(recurse=False) if p.requires_grad]
-    records: dict[str, tuple[nn.Module, _Record]] = {}
     handles = []
 
-    def hook(record: _Record) -> Callable:
-        def forward_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            call = len(record.inputs)
-            record.inputs.append(args[0].detach())
-            if not output.requires_grad:
-                # Parameters are frozen: a layer fed only by constants (the class and time
-                # embeddings, the first convolution) would otherwise drop out of the graph.
-                output = output.detach().requires_grad_(True)
+    def accumulate(module: nn.Module, a: Tensor, g: Tensor) -> None:
+        # under bf16 autocast a and g are bf16: form per-example gradients in the parameters' dtype
+        dtype = next(module.parameters()).dtype
+        if a.is_floating_point():
+            a = a.to(dtype)
+        g = g.to(dtype)
+        for pname, value in _rule(module)(module, a, g, batch).items():
+            key = names[getattr(module, pname)]
+            grads[key] = grads[key] + value if key in grads else value
 
-            def store(g: Tensor) -> None:
-                record.grads[call] = g.detach()
+    def forward_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        saved = [args[0].detach()]
+        if not output.requires_grad:
+            # Parameters are frozen: a layer fed only by constants (the class and time
+            # embeddings, the first convolution) would otherwise drop out of the graph.
+            output = output.detach().requires_grad_(True)
 
-            output.register_hook(store)
-            return output
+        def on_grad(g: Tensor) -> None:
+            accumulate(module, saved.pop(), g.detach())
 
-        return forward_hook
+        output.register_hook(on_grad)
+        return output
 
     try:
-        for name, module in modules:
-            record = _Record()
-            records[name] = (module, record)
-            handles.append(module.register_forward_hook(hook(record)))
+        for _, module in modules:
+            handles.append(module.register_forward_hook(forward_hook))
         for p in frozen:
             p.requires_grad_(False)
-        yield records
+        yield
     finally:
         for h in handles:
             h.remove()
@@ -182,8 +183,9 @@ def layerwise_grads(loss_module: nn.Module, *batch: Tensor) -> tuple[dict[str, T
     without a gradient path get zeros, as ``torch.func`` would give.
     """
     n = len(batch[0])
-    names = {p: k for k, p in loss_module.named_parameters() if p.requires_grad}
-    with _capture(loss_module) as records:
+    params = {k: p for k, p in loss_module.named_parameters() if p.requires_grad}
+    grads: dict[str, Tensor] = {}
+    with _capture(loss_module, n, grads):
         losses = loss_module(*batch)
         if losses.shape != (n,):
             raise ValueError(
@@ -191,18 +193,7 @@ def layerwise_grads(loss_module: nn.Module, *batch: Tensor) -> tuple[dict[str, T
             )
         if losses.requires_grad:
             losses.sum().backward()
-    grads: dict[str, Tensor] = {}
-    for module, record in records.values():
-        rule = _rule(module)
-        for call, a in enumerate(record.inputs):
-            g = record.grads.get(call)
-            if g is None:
-                continue
-            for pname, value in rule(module, a, g, n).items():
-                key = names[getattr(module, pname)]
-                grads[key] = grads[key] + value if key in grads else value
-    for p, key in names.items():
+    for key, p in params.items():
         if key not in grads:
             grads[key] = torch.zeros(n, *p.shape, dtype=p.dtype, device=p.device)
-    ordered = {key: grads[key] for key in names.values()}
-    return ordered, losses.detach()
+    return {key: grads[key] for key in params}, losses.detach()

@@ -19,6 +19,7 @@ from easyhard.checkpoint import build_denoiser, load_model, save_model
 from easyhard.compute import Compute, running
 from easyhard.compute import resolve as resolve_compute
 from easyhard.config import Params, to_dict
+from easyhard.distributed import SINGLE_PROCESS, World
 from easyhard.edm import from_model, network_calls, sample
 from easyhard.io import read_json, save_figure, savez, write_json
 from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, steps_for_epochs
@@ -273,10 +274,19 @@ def plan_finetune(params: Params, n_train: int, prior: list[Mechanism]) -> Mecha
     )
 
 
-def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
-    """DP-SGD fine-tuning on the sensitive set; the ledger then holds every mechanism spent."""
+def finetune(
+    params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
+) -> dict[str, Any]:
+    """DP-SGD fine-tuning on the sensitive set; the ledger then holds every mechanism spent.
+
+    With ``finetune.processes > 1`` (and not already inside ``torchrun``) the stage relaunches
+    itself as ``torchrun --nproc_per_node N -m easyhard.distributed`` and reads back what rank 0
+    wrote; the privacy ledger is identical to a single-process run's.
+    """
     from easyhard.plots import loss_figure
 
+    if params.finetune.processes > 1 and world.size == 1:
+        return _finetune_torchrun(params, paths, method)
     train = D.load_npz(paths.train)
     ledger = Ledger.load(paths.central_ledger(method))
     mech = plan_finetune(params, len(train), list(ledger.mechanisms))
@@ -322,8 +332,12 @@ def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         seed=params.seed,
         checkpoint=ckpt,
         ledger_at=ledger_at,
+        world=world,
+        compute=compute_settings(params),
     )
     ledger.add(mech)
+    if not world.is_main:
+        return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": None}
     save_model(
         paths.model(method, "finetune"),
         ema.model,
@@ -337,6 +351,47 @@ def finetune(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     fig = loss_figure({method: hist.rows}, title="DP-SGD fine-tuning")
     fig_path = save_figure(fig, paths.figure(method, "finetune", "loss"))
     return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": fig_path}
+
+
+def _finetune_torchrun(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """Run :func:`finetune` data-parallel on ``finetune.processes`` processes via ``torchrun``."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    n = params.finetune.processes
+    with tempfile.TemporaryDirectory() as tmp:
+        params_file = Path(tmp) / "params.yaml"
+        params_file.write_text(yaml.safe_dump(to_dict(params), sort_keys=False))
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={n}",
+            "-m",
+            "easyhard.distributed",
+            "--method",
+            method,
+            "--params",
+            str(params_file),
+            "--root",
+            str(paths.root),
+        ]
+        done = subprocess.run(cmd, cwd=paths.root, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"DP fine-tuning on {n} processes failed (exit {done.returncode}): {' '.join(cmd)}"
+        )
+    ledger = Ledger.load(paths.ledger(method))
+    return {
+        "mechanism": ledger.mechanisms[-1],
+        "ledger": ledger,
+        "history": read_json(paths.history(method, "finetune")),
+        "figure": paths.figure(method, "finetune", "loss"),
+    }
 
 
 # ------------------------------------------------------------------------------------ sample

@@ -170,14 +170,18 @@ class EDMLoss(nn.Module):
     rows, which the layer-wise per-example gradients rely on.
     """
 
-    def __init__(self, denoiser: Denoiser) -> None:
+    def __init__(self, denoiser: Denoiser, compute: Compute = FP32) -> None:
         super().__init__()
         self.denoiser = denoiser
+        self.compute = compute
 
     def forward(self, x: Tensor, y: Tensor, sigma: Tensor, noise: Tensor, drop: Tensor) -> Tensor:
         d = self.denoiser
         draws = NoiseDraws(sigma, noise, drop)
-        return edm_loss(d, x, y, draws, d.sigma_data, d.null_label)
+        with autocast(self.compute):
+            loss = edm_loss(d, x, y, draws, d.sigma_data, d.null_label)
+        # bf16 forward on GPUs: the per-example losses (and their gradients) come back in float32
+        return loss.float() if self.compute.dtype is not None else loss
 
 
 def dp_finetune(
@@ -194,6 +198,7 @@ def dp_finetune(
     checkpoint: Checkpointer | None = None,
     ledger_at: Callable[[int], dict[str, Any]] | None = None,
     world: World = SINGLE_PROCESS,
+    compute: Compute = FP32,
 ) -> tuple[EMA, History]:
     """DP-SGD fine-tuning for exactly ``steps`` Poisson batches at rate ``cfg.sample_rate``.
 
@@ -207,10 +212,12 @@ def dp_finetune(
     With a multi-process ``world`` (``torchrun``), every rank runs this function with the same
     seed: the Poisson batch, the noise draws and the DP noise are identical on all ranks, each rank
     clips its shard of the batch, and the clipped sums are all-reduced (:mod:`easyhard.distributed`).
-    Only rank 0 saves checkpoints and shows progress.
+    Only rank 0 saves checkpoints and shows progress. ``compute`` turns on bf16 autocast for the
+    forward pass and channels-last on GPUs; per-example gradients, clipping and noise stay float32.
     """
     from tqdm import tqdm
 
+    prepare_model(denoiser, compute)
     sample_gen = torch.Generator().manual_seed(seed)
     draw_gen = torch.Generator().manual_seed(seed + 1)
     noise_gen = torch.Generator().manual_seed(seed + 2)
@@ -218,7 +225,7 @@ def dp_finetune(
     ema = ema if ema is not None else EMA(denoiser, cfg.ema_decay)
     ema.decay = cfg.ema_decay
     dp = DPSGD(
-        EDMLoss(denoiser),
+        EDMLoss(denoiser, compute),
         noise_multiplier=noise_multiplier,
         clip=cfg.clip,
         expected_batch=expected_batch_size(len(x), cfg.sample_rate),
@@ -241,7 +248,11 @@ def dp_finetune(
     )
     for step, idx in enumerate(bar, start=start):
         draws = draw_noise(len(idx), tuple(x.shape[1:]), edm, draw_gen)
-        stats = dp.step_gradients(to_model(x[idx]), y[idx], draws.sigma, draws.noise, draws.drop)
+        xb = prepare_input(to_model(x[idx]), compute)
+        dev = xb.device
+        stats = dp.step_gradients(
+            xb, y[idx], draws.sigma.to(dev), draws.noise.to(dev), draws.drop.to(dev)
+        )
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.update(denoiser)

@@ -50,6 +50,13 @@ def assert_close(ours: dict, ref: dict, rel: float = 1e-5) -> None:
         assert bool((ours[name].flatten(1).norm(dim=1)[small] < 1e-10).all()), name
 
 
+def whole_gradient_error(ours: dict, ref: dict) -> float:
+    """max over examples of ||g - g_ref|| / ||g_ref|| over all parameters together."""
+    a = torch.cat([ours[k].flatten(1) for k in ref], 1)
+    b = torch.cat([ref[k].flatten(1) for k in ref], 1)
+    return float(((a - b).norm(dim=1) / b.norm(dim=1)).max())
+
+
 NETWORKS = {
     "default": lambda: (default_network(), 28),
     "attention-everywhere": lambda: (
@@ -132,3 +139,26 @@ def test_rows_must_group_into_examples():
 
     with pytest.raises(ValueError, match="rows do not split"):
         layerwise_grads(Bad(), torch.randn(2, 2))
+
+
+def test_channels_last_and_bf16_autocast_keep_per_example_gradients():
+    """The GPU options: channels-last is exact; bf16 autocast stays close, gradients in float32."""
+    from easyhard.compute import Compute, prepare_model
+
+    net, size = NETWORKS["attention-everywhere"]()
+    m = loss_module(net, size, torch.float32)
+    data = tuple(t.float() if t.is_floating_point() else t for t in batch(3, 2, size))
+    ref, _ = layerwise_grads(m, *data)
+    cl = copy.deepcopy(m)
+    cl.compute = Compute("cpu", None, channels_last=True)
+    prepare_model(cl, cl.compute)
+    x_cl = data[0].contiguous(memory_format=torch.channels_last)
+    got, _ = layerwise_grads(cl, x_cl, *data[1:])
+    assert whole_gradient_error(got, ref) < 1e-5  # float32 (a few entries are exactly 0 in theory)
+    bf = copy.deepcopy(m)
+    bf.compute = Compute("cpu", torch.bfloat16)
+    got_bf, loss_bf = layerwise_grads(bf, *data)
+    assert loss_bf.dtype == torch.float32
+    assert all(g.dtype == torch.float32 for g in got_bf.values())
+    n_ref, n_bf = per_example_norms(ref), per_example_norms(got_bf)
+    assert torch.allclose(n_bf, n_ref, rtol=0.1)

@@ -241,3 +241,30 @@ def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message
     assert list(tmp_path.rglob("ledger.json")) in ([], [paths.central_ledger("dpdm")])
     assert not paths.ledger("dpdm").exists()
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
+    """finetune.processes=2 relaunches the stage under torchrun: same ledger, same weights."""
+    import shutil
+
+    import torch
+
+    from easyhard.config import load_params
+    from easyhard.stages import Paths, finetune
+
+    results = {}
+    for n in (1, 2):
+        root = tmp_path / f"p{n}"
+        shutil.copytree(tiny_run / "data" / "prepared", root / "data" / "prepared")
+        for part in ("central", "pretrain"):
+            shutil.copytree(tiny_run / "runs/dpfeta" / part, root / "runs/dpfeta" / part)
+        write_params(root, merge(TINY, {"finetune": {"processes": n}}))
+        params = load_params(root / "params.yaml")
+        out = finetune(params, Paths(root), "dpfeta")
+        model = torch.load(root / "runs/dpfeta/finetune/model.pt", weights_only=False)
+        results[n] = (out["ledger"].to_dict(), model["state_dict"], out["history"])
+    (ledger1, weights1, hist1), (ledger2, weights2, hist2) = results[1], results[2]
+    assert ledger1 == ledger2
+    assert [r["batch_size"] for r in hist1] == [r["batch_size"] for r in hist2]
+    for name, w in weights1.items():
+        assert torch.allclose(w, weights2[name], atol=1e-5), name
