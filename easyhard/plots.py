@@ -83,3 +83,46 @@ def comparison_bars(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[s
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def quality_vs_epsilon_figure(
+    rows: Sequence[Mapping[str, object]], classifiers: Sequence[str] = ("cnn", "resnet", "logreg")
+) -> Figure:
+    """FID (left) and downstream accuracy (right, mean +- std per classifier) against the target ε,
+    one line per method. ``rows``: dicts with ``method``, ``target_epsilon``, ``fid`` and
+    ``<classifier>_acc_mean`` / ``_acc_std`` (see :func:`easyhard.sweep.collect`)."""
+    methods = sorted({str(r["method"]) for r in rows})
+    fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = ["o", "s", "^", "D", "v"]
+    for i, m in enumerate(methods):
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: float(r["target_epsilon"]))
+        eps = [float(r["target_epsilon"]) for r in rs]
+        c = colors[i % len(colors)]
+        if any("fid" in r for r in rs):
+            ax_fid.plot(eps, [float(r.get("fid", np.nan)) for r in rs], "o-", color=c, label=m)
+        for j, name in enumerate(classifiers):
+            key = f"{name}_acc_mean"
+            if not any(key in r for r in rs):
+                continue
+            mean = [float(r.get(key, np.nan)) for r in rs]
+            std = [float(r.get(f"{name}_acc_std", 0.0)) for r in rs]
+            ax_acc.errorbar(
+                eps,
+                mean,
+                yerr=std,
+                color=c,
+                marker=markers[j % len(markers)],
+                capsize=3,
+                ls=["-", "--", ":"][j % 3],
+                label=f"{m} {name}",
+            )
+    for ax, label in ((ax_fid, "FID ↓"), (ax_acc, "accuracy on real test ↑")):
+        ax.set_xscale("log")
+        ax.set_xlabel("ε (target)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,113 @@
+"""easyhard.sweep on fabricated `dvc exp show --json` output and metrics files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from easyhard import sweep
+
+
+def metrics(eps: float, fid: float, acc: float) -> dict:
+    return {
+        "epsilon": eps * 0.998,
+        "target_epsilon": eps,
+        "fid": fid,
+        "cnn_acc_mean": acc,
+        "cnn_acc_std": 0.01,
+        "resnet_acc_mean": acc - 0.05,
+        "resnet_acc_std": 0.02,
+        "logreg_acc_mean": acc - 0.1,
+        "logreg_acc_std": 0.0,
+    }
+
+
+def state(rev: str, name: str | None, eps: float, fid: float, acc: float, exps=None) -> dict:
+    """One ExpState as `dvc exp show --json` (DVC 3) writes it."""
+    return {
+        "rev": rev,
+        "name": name,
+        "data": {
+            "rev": rev,
+            "timestamp": None,
+            "params": {"params.yaml": {"data": {"privacy": {"epsilon": eps, "delta": 1e-5}}}},
+            "metrics": {
+                "runs/dpfeta/metrics.json": {"data": metrics(eps, fid, acc)},
+                "runs/dpdm/metrics.json": {"data": metrics(eps, fid * 1.3, acc - 0.3)},
+                "runs/broken/metrics.json": {"error": {"type": "FileNotFoundError"}},
+            },
+            "deps": {},
+            "outs": {},
+            "meta": {},
+        },
+        "error": None,
+        "experiments": exps,
+    }
+
+
+EXP_SHOW = [
+    state("workspace", None, 10.0, 240.0, 0.6),
+    state(
+        "a" * 40,
+        "main",
+        10.0,
+        240.0,
+        0.6,
+        exps=[
+            {"revs": [state("b" * 40, "eps-1", 1.0, 320.0, 0.3)], "name": "eps-1"},
+            {"revs": [state("c" * 40, "eps-5", 5.0, 280.0, 0.5)], "name": "eps-5"},
+            {"revs": [{"rev": "d" * 40, "name": "failed", "data": None, "error": {"msg": "x"}}]},
+        ],
+    ),
+]
+
+
+def test_rows_from_exp_show():
+    rows = sweep.rows_from_exp_show(EXP_SHOW)
+    assert len(rows) == 8  # 4 successful states x 2 methods (the broken metrics file skipped)
+    by = {(r["experiment"], r["method"]): r for r in rows}
+    assert by[("eps-1", "dpfeta")]["target_epsilon"] == 1.0
+    assert by[("eps-1", "dpfeta")]["fid"] == 320.0
+    assert by[("eps-5", "dpdm")]["cnn_acc_mean"] == pytest.approx(0.2)
+    assert ("workspace", "dpfeta") in by and ("main", "dpdm") in by
+
+
+def test_outputs_and_table(tmp_path):
+    rows = sweep.rows_from_exp_show(EXP_SHOW)
+    written = sweep.write_outputs(rows, tmp_path)
+    assert json.loads(written["json"].read_text()) == rows
+    assert written["figure"].stat().st_size > 0
+    table = sweep.markdown_table(rows)
+    assert table[0].startswith("| experiment | method | ε target |") and len(table) == 2 + 8
+    assert "| eps-1 | dpfeta | 1 | 0.998 | 320.0 | 0.300 ± 0.010 |" in "\n".join(table)
+    with pytest.raises(ValueError, match="no runs"):
+        sweep.write_outputs([], tmp_path)
+
+
+def test_figure_axes():
+    from easyhard.plots import quality_vs_epsilon_figure
+
+    fig = quality_vs_epsilon_figure(sweep.rows_from_exp_show(EXP_SHOW))
+    ax_fid, ax_acc = fig.axes
+    assert ax_fid.get_xscale() == "log" and ax_acc.get_xscale() == "log"
+    assert len(ax_fid.get_lines()) == 2  # one FID line per method
+    assert len(ax_acc.containers) == 6  # 2 methods x 3 classifiers, with error bars
+
+
+def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
+    files = []
+    for exp, eps in (("e1", 1.0), ("e10", 10.0)):
+        for m in ("dpfeta", "dpdm"):
+            f = tmp_path / exp / "runs" / m / "metrics.json"
+            f.parent.mkdir(parents=True)
+            f.write_text(json.dumps(metrics(eps, 100.0 / eps, 0.5)))
+            files.append(str(f))
+    out = tmp_path / "out"
+    assert sweep.main([*files, "--out", str(out)]) == 0
+    assert "| dpdm | 1 |" in capsys.readouterr().out
+    assert len(json.loads((out / "sweep.json").read_text())) == 4
+    exp_json = tmp_path / "exps.json"
+    exp_json.write_text(json.dumps(EXP_SHOW))
+    assert sweep.main(["--exp-json", str(exp_json), "--out", str(out)]) == 0
+    assert sweep.main([str(tmp_path / "missing.json"), "--out", str(out)]) == 2
