@@ -205,6 +205,9 @@ def fid_vs_nfe_figure(result: dict[str, Any]):
     band = (1 + result["tolerance"]) * ref["fid"]
     ax.axhline(band, color="grey", ls="--", lw=1, label=f"{ref['name']} FID + 5%")
     ax.set_xscale("log")
+    nfes = sorted({r["nfe"] for r in rows})
+    ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.minorticks_off()
     ax.set_xlabel("network calls per image (NFE)")
     ax.set_ylabel(f"FID ({rows[0]['count']} images)")
     ax.grid(alpha=0.3, which="both")
