@@ -123,11 +123,11 @@ def make_step(method: str, module: torch.nn.Module, batch: tuple, clip: float):
 
         def step():
             gsm.zero_grad(set_to_none=True)
-            module(*batch).sum().backward()  # rows of example i: loss_i = mean_k l_ik
+            module(*batch).sum().backward()  # loss_b = mean_k l_bk
             grads = {}
             for name, p in module.named_parameters():
-                gs = p.grad_sample  # [B*K, *shape]: per-row gradients
-                grads[name] = gs.reshape(b, -1, *gs.shape[1:]).sum(1)
+                gs = p.grad_sample  # [K*B, *shape]: per-row gradients, rows draw-major
+                grads[name] = gs.reshape(-1, b, *gs.shape[1:]).sum(0)
                 p.grad_sample = None
             summed, _ = clipped_sum(grads, clip)
             for name, p in module.named_parameters():

@@ -1,7 +1,8 @@
 """Per-example gradients layer by layer, contracted over noise multiplicity K inside each example.
 
 DP-SGD with noise multiplicity clips the gradient of each example's loss *averaged over its K noise
-draws*. The network sees ``R = B * K`` rows (row ``b * K + k`` is draw ``k`` of example ``b``). For
+draws*. The network sees ``R = K * B`` rows, *draw-major*: row ``k * B + b`` is draw ``k`` of example
+``b`` (so ``[R, ...]`` activations view as ``[K, B, ...]`` without a copy). For
 every parametrised layer we save its input activation ``a`` in the forward pass and the gradient
 ``g`` of the summed loss with respect to its output in the backward pass; since rows of different
 examples never interact (GroupNorm and attention act within one row), example ``b``'s gradient is
@@ -9,8 +10,8 @@ the layer's weight-gradient formula applied to rows ``b*K .. b*K+K-1`` only:
 
 * ``Linear``: ``dW_b = sum_{k, positions} g a^T`` (one ``einsum``), ``db_b = sum g``;
 * ``Conv2d``: the weight gradient of a grouped convolution with the B examples as groups and the K
-  draws as the batch (``torch.nn.grad.conv2d_weight``), so the sum over K and positions happens
-  inside the native kernel and nothing is unfolded;
+  draws as the batch (``torch.nn.grad.conv2d_weight`` on the ``[K, B * C, H, W]`` view), so the sum
+  over K and positions happens inside the native kernel and nothing is unfolded;
 * ``GroupNorm``: ``dgamma_b = sum g * x_hat``, ``dbeta_b = sum g``;
 * ``Embedding``: per-example scatter-add of ``g`` into the looked-up rows.
 
@@ -102,20 +103,21 @@ def _capture(model: nn.Module, batch: int, grads: dict[str, Tensor]) -> Iterator
 
 
 def _group(t: Tensor, batch: int) -> Tensor:
-    """[R, ...] rows -> [B, R/B, ...] (the K draws of each example together)."""
+    """[R, ...] draw-major rows -> [K, B, ...] (a view when ``t`` is contiguous)."""
     if t.shape[0] % batch:
         raise ValueError(
             f"per-example gradients: {t.shape[0]} rows do not split into {batch} examples"
         )
-    return t.reshape(batch, t.shape[0] // batch, *t.shape[1:])
+    return t.reshape(t.shape[0] // batch, batch, *t.shape[1:])
 
 
 def _linear(m: nn.Linear, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
-    a = _group(a, batch).reshape(batch, -1, a.shape[-1])
-    g = _group(g, batch).reshape(batch, -1, g.shape[-1])
-    out = {"weight": torch.einsum("bno,bni->boi", g, a)}
+    k = a.shape[0] // batch
+    a = _group(a, batch).reshape(k, batch, -1, a.shape[-1])  # [K, B, positions, in]
+    g = _group(g, batch).reshape(k, batch, -1, g.shape[-1])
+    out = {"weight": torch.einsum("kblo,kbli->boi", g, a)}
     if m.bias is not None:
-        out["bias"] = g.sum(1)
+        out["bias"] = g.sum((0, 2))
     return out
 
 
@@ -124,8 +126,8 @@ def _conv2d(m: nn.Conv2d, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]
     # weight-gradient kernel then sums over draws and positions for every example at once.
     k = a.shape[0] // batch
     cin, cout = a.shape[1], g.shape[1]
-    a_g = _group(a, batch).transpose(0, 1).reshape(k, batch * cin, *a.shape[2:])
-    g_g = _group(g, batch).transpose(0, 1).reshape(k, batch * cout, *g.shape[2:])
+    a_g = _group(a, batch).reshape(k, batch * cin, *a.shape[2:])
+    g_g = _group(g, batch).reshape(k, batch * cout, *g.shape[2:])
     w = torch.nn.grad.conv2d_weight(
         a_g,
         (batch * cout, cin // m.groups, *m.kernel_size),
@@ -137,13 +139,13 @@ def _conv2d(m: nn.Conv2d, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]
     )
     out = {"weight": w.reshape(batch, cout, cin // m.groups, *m.kernel_size)}
     if m.bias is not None:
-        out["bias"] = _group(g, batch).sum((1, 3, 4))
+        out["bias"] = _group(g, batch).sum((0, 3, 4))
     return out
 
 
 def _group_norm(m: nn.GroupNorm, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
     x_hat = F.group_norm(a, m.num_groups, None, None, m.eps)
-    dims = (1, *range(3, g.dim() + 1))  # draws and positions, keep channels
+    dims = (0, *range(3, g.dim() + 1))  # draws and positions, keep examples and channels
     out = {}
     if m.weight is not None:
         out["weight"] = _group(g * x_hat, batch).sum(dims)
@@ -153,8 +155,8 @@ def _group_norm(m: nn.GroupNorm, a: Tensor, g: Tensor, batch: int) -> dict[str, 
 
 
 def _embedding(m: nn.Embedding, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
-    idx = _group(a, batch).reshape(batch, -1)
-    gg = _group(g, batch).reshape(batch, -1, g.shape[-1])
+    idx = _group(a, batch).reshape(-1, batch).T  # [B, K*L]
+    gg = _group(g, batch).reshape(-1, batch, g.shape[-1]).transpose(0, 1)  # [B, K*L, D]
     w = torch.zeros(batch, m.num_embeddings, m.embedding_dim, dtype=g.dtype, device=g.device)
     w.scatter_add_(1, idx.unsqueeze(-1).expand_as(gg), gg)
     return {"weight": w}
@@ -179,7 +181,7 @@ def layerwise_grads(loss_module: nn.Module, *batch: Tensor) -> tuple[dict[str, T
     """Per-example gradients ``{name: [B, *shape]}`` and losses ``[B]`` of ``loss_module(*batch)``.
 
     ``loss_module`` returns one loss per example (shape ``[B]``); inside, each example may expand
-    into several rows (its K noise draws) as long as rows of an example are contiguous. Parameters
+    into K rows (its noise draws), laid out draw-major (row ``k * B + b``). Parameters
     without a gradient path get zeros, as ``torch.func`` would give.
     """
     n = len(batch[0])

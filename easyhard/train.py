@@ -162,12 +162,23 @@ def _resume(
     return int(blob["step"])
 
 
+def draw_major(t: Tensor, batch: int) -> Tensor:
+    """Rows ``b * K + k`` (example-major) -> rows ``k * B + b`` (draw-major)."""
+    return t.reshape(batch, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
+def example_major(t: Tensor, batch: int) -> Tensor:
+    """Inverse of :func:`draw_major`."""
+    return t.reshape(-1, batch, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
+
+
 class EDMLoss(nn.Module):
     """The per-example loss DP-SGD differentiates: ``forward(x, y, sigma, noise, drop) -> [B]``.
 
     Each example's EDM loss is averaged over its K noise draws (``sigma``/``drop`` are ``[B, K]``,
-    ``noise`` is ``[B, K, C, H, W]``); the denoiser sees the K draws of an example as consecutive
-    rows, which the layer-wise per-example gradients rely on.
+    ``noise`` is ``[B, K, C, H, W]``). The network sees the ``B * K`` rows *draw-major* (row
+    ``k * B + b``), the layout :mod:`easyhard.grad_sample` contracts without copying activations;
+    only the small input and output images are permuted.
     """
 
     def __init__(self, denoiser: Denoiser, compute: Compute = FP32) -> None:
@@ -176,10 +187,16 @@ class EDMLoss(nn.Module):
         self.compute = compute
 
     def forward(self, x: Tensor, y: Tensor, sigma: Tensor, noise: Tensor, drop: Tensor) -> Tensor:
-        d = self.denoiser
-        draws = NoiseDraws(sigma, noise, drop)
+        d, b = self.denoiser, len(x)
+
+        def denoise(xx: Tensor, ss: Tensor, ll: Tensor) -> Tensor:
+            out = d(draw_major(xx, b), draw_major(ss, b), draw_major(ll, b))
+            return example_major(out, b)
+
         with autocast(self.compute):
-            loss = edm_loss(d, x, y, draws, d.sigma_data, d.null_label)
+            loss = edm_loss(
+                denoise, x, y, NoiseDraws(sigma, noise, drop), d.sigma_data, d.null_label
+            )
         # bf16 forward on GPUs: the per-example losses (and their gradients) come back in float32
         return loss.float() if self.compute.dtype is not None else loss
 
