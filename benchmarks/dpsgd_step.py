@@ -17,6 +17,7 @@ private methods are checked against each other before timing. The last line is
 
     python benchmarks/dpsgd_step.py            # B=8, K=32, params.yaml's network
     python benchmarks/dpsgd_step.py --quick    # smoke run, < 90 s on 2 cores
+    python benchmarks/dpsgd_step.py --profile mnist-eps10 --json benchmarks/results/dpsgd_step_mnist.json
 """
 
 from __future__ import annotations
@@ -74,16 +75,22 @@ def setup(args: dict[str, Any]):
     from easyhard.networks import build_unet, count_parameters
     from easyhard.train import EDMLoss
 
-    params = load_params(ROOT / "params.yaml")
-    net = params.network
+    if args["profile"]:
+        from easyhard import profiles
+
+        prof = profiles.load(args["profile"])
+        net = prof.params(profiles.read_base(ROOT / "params.yaml")).network
+        channels, size, _ = prof.meta["image_shape"]
+    else:
+        net = load_params(ROOT / "params.yaml").network
+        channels, size = 1, args["size"]
     torch.manual_seed(args["seed"])
-    size = args["size"]
-    den = Denoiser(build_unet(net, (1, size, size), 10), 0.5, 10).to(args["device"])
+    den = Denoiser(build_unet(net, (channels, size, size), 10), 0.5, 10).to(args["device"])
     g = torch.Generator().manual_seed(args["seed"])
     b, k = args["batch"], args["k"]
-    x = torch.rand(b, 1, size, size, generator=g) * 2 - 1
+    x = torch.rand(b, channels, size, size, generator=g) * 2 - 1
     y = torch.randint(0, 10, (b,), generator=g)
-    d = draw_noise(b, (1, size, size), EDMConfig(noise_multiplicity=k), g)
+    d = draw_noise(b, (channels, size, size), EDMConfig(noise_multiplicity=k), g)
     batch = tuple(t.to(args["device"]) for t in (x, y, d.sigma, d.noise, d.drop))
     return EDMLoss(den), batch, count_parameters(den.unet)
 
@@ -188,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="examples B per step")
     parser.add_argument("--k", type=int, default=32, help="noise multiplicity K")
     parser.add_argument("--size", type=int, default=28, help="image side (params.yaml's network)")
+    parser.add_argument(
+        "--profile", default=None, help="use a GPU profile's network and image shape (mnist-eps10)"
+    )
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -227,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         r["throughput_ratio"] = r["examples_per_s"] / base["examples_per_s"]
 
     print(
-        f"\nDP-SGD step, B={ns.batch} examples x K={ns.k} draws, {base['params']:,} parameters, "
-        f"{ns.size}x{ns.size}, {ns.device}, {args['threads']} threads, median of {ns.reps}"
+        f"\nDP-SGD step, B={ns.batch} examples x K={ns.k} draws, {base['params']:,} parameters "
+        f"({ns.profile or 'params.yaml'} network), {ns.device}, {args['threads']} threads, "
+        f"median of {ns.reps}"
     )
     header = f"{'method':<12} {'s/step':>8} {'x':>6} {'peak MiB':>9} {'x':>6} {'ex/s':>8} {'x':>6}"
     print(header)
@@ -246,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out} ({result['wall_s']:.0f} s)")
     ours = next((r for r in rows if r["method"] == "easyhard"), None)
     if ours is not None:
-        print(f"easyhard time_ratio={ours['time_ratio']:.2f} memory_ratio={ours['memory_ratio']:.2f}")
+        print(
+            f"easyhard time_ratio={ours['time_ratio']:.2f} memory_ratio={ours['memory_ratio']:.2f}"
+        )
     return 0
 
 
