@@ -9,9 +9,10 @@ Same network, data and seed for every method; B examples x K noise draws (B*K ne
 * ``easyhard``      layer-wise per-example gradients contracted over K (``grad_sampler=layerwise``).
 
 Every private method also clips per example and sums (what a DP-SGD step needs before the noise).
-Each method runs in its own fresh process, one after another: median step time after warm-up,
-peak memory of the step above what was resident before it (peak RSS on CPU, peak allocated on
-CUDA), examples/s, each also as a ratio to ``non_private``. The per-example gradients of the three
+Step times: all methods in this process, interleaved round-robin after warm-up (so drift and
+machine load hit them alike), median. Peak memory: each method in its own fresh process, one step
+after a warm-up, peak above what was resident before it (peak RSS on CPU, peak allocated on CUDA).
+Examples/s too, each as a ratio to ``non_private``. The per-example gradients of the three
 private methods are checked against each other before timing. The last line is
 ``easyhard time_ratio=X memory_ratio=Y``.
 
@@ -145,34 +146,44 @@ def make_step(method: str, module: torch.nn.Module, batch: tuple, clip: float):
     raise ValueError(method)
 
 
-def measure(method: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Warm up, then time ``args['reps']`` steps and record the peak memory above baseline."""
+def peak_memory(method: str, args: dict[str, Any]) -> float:
+    """MiB of peak memory one step of ``method`` needs above what was resident before it."""
     torch.set_num_threads(args["threads"])
-    module, batch, n_params = setup(args)
+    module, batch, _ = setup(args)
     step = make_step(method, module, batch, clip=1.0)
-    for _ in range(args["warmup"]):
-        step()
-    sync = torch.cuda.synchronize if args["device"].startswith("cuda") else (lambda: None)
-    sync()
+    step()  # warm-up: lazy initialisation is not the step's memory
     baseline = _reset_peak(args["device"])
-    times = []
-    for _ in range(args["reps"]):
-        t0 = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    peak = _peak(args["device"])
-    return {
-        "method": method,
-        "step_s": statistics.median(times),
-        "peak_mib": max(peak - baseline, 1e-9),
-        "examples_per_s": args["batch"] / statistics.median(times),
-        "params": n_params,
-    }
+    step()
+    return max(_peak(args["device"]) - baseline, 1e-9)
 
 
 def _child(method: str, args: dict[str, Any], queue: Any) -> None:
-    queue.put(measure(method, args))
+    queue.put(peak_memory(method, args))
+
+
+def step_times(methods: list[str], args: dict[str, Any]) -> dict[str, list[float]]:
+    """Seconds per step, the methods interleaved round-robin in this process (same conditions).
+
+    Each method gets its own copy of the model (same seed): opacus' hooks stay on the one it wraps.
+    """
+    torch.set_num_threads(args["threads"])
+    steps = {}
+    for method in methods:
+        module, batch, _ = setup(args)
+        steps[method] = make_step(method, module, batch, clip=1.0)
+    sync = torch.cuda.synchronize if args["device"].startswith("cuda") else (lambda: None)
+    for _ in range(args["warmup"]):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(args["reps"]):
+        for method, step in steps.items():
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            times[method].append(time.perf_counter() - t0)
+    return times
 
 
 def check_agreement(args: dict[str, Any]) -> float:
@@ -220,16 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     if agreement > 1e-3:
         print("error: the methods disagree; timings would compare different computations")
         return 1
+    times = step_times(methods, args)
+    _, _, n_params = setup(args)
     ctx = mp.get_context("spawn")
     rows = []
     for method in methods:
         queue = ctx.Queue()
         proc = ctx.Process(target=_child, args=(method, args, queue))
         proc.start()
-        row = queue.get()
+        peak = queue.get()
         proc.join()
-        rows.append(row)
-        print(f"  measured {method}: {row['step_s']:.3f} s/step", file=sys.stderr)
+        median = statistics.median(times[method])
+        rows.append(
+            {
+                "method": method,
+                "step_s": median,
+                "step_s_all": times[method],
+                "peak_mib": peak,
+                "examples_per_s": args["batch"] / median,
+                "params": n_params,
+            }
+        )
+        print(f"  {method}: {median:.3f} s/step, {peak:.0f} MiB peak", file=sys.stderr)
     base = next(r for r in rows if r["method"] == "non_private")
     for r in rows:
         r["time_ratio"] = r["step_s"] / base["step_s"]

@@ -7,8 +7,10 @@ setting, and scores them with FID against the cached real Inception features
 
 * ``dpmsolver`` (diffusers' multistep DPM-Solver++) at NFE 10, 20, 35, 79;
 * deterministic EDM Heun at NFE 35 (18 steps) and 79 (40 steps);
-* stochastic EDM Heun with churn at NFE 1999 (1000 steps; EDM Algorithm 2 with DPImageBench's
-  DP-FETA settings S_churn 10 in sigma in [0.025, 50]; ``--churn`` etc. to change).
+* stochastic EDM Heun with churn at NFE 35, 79, 199 and 1999 (1000 steps: the paper-faithful
+  setting; EDM Algorithm 2 with DPImageBench's DP-FETA settings S_churn 10 in sigma in [0.025, 50];
+  ``--churn`` etc. to change). EDM spreads S_churn over the steps (gamma = S_churn / steps per
+  step, at most sqrt(2) - 1), so the total churn is comparable across step counts.
 
 Writes ``benchmarks/results/sampling.json`` and ``sampling_fid_vs_nfe.png``, prints markdown rows for
 the README table and the cheapest setting whose FID is within 5% of the most expensive one's.
@@ -21,6 +23,7 @@ the README table and the cheapest setting whose FID is within 5% of the most exp
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -96,6 +99,9 @@ def default_settings(
         Setting("dpmsolver-79", "dpmsolver", 79),
         Setting("heun-18", "heun", 18),
         Setting("heun-40", "heun", 40),
+        Setting("heun-churn-18", "heun", 18, **stochastic),
+        Setting("heun-churn-40", "heun", 40, **stochastic),
+        Setting("heun-churn-100", "heun", 100, **stochastic),
         Setting("heun-churn-1000", "heun", 1000, **stochastic),
     ]
 
@@ -237,6 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(RESULTS), help="folder for sampling.json and the plot")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 images, NFE 10/35/49")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated setting names to (re)run; their rows replace the same-named rows "
+        "of an existing sampling.json (e.g. to re-time settings measured on a busy machine)",
+    )
     args = p.parse_args(argv)
 
     try:
@@ -252,6 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = default_settings(
         args.churn, args.churn_tmin, args.churn_tmax, args.churn_noise, quick=args.quick
     )
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {s.name for s in settings})
+        if unknown:
+            print(f"error: unknown setting(s) {', '.join(unknown)}")
+            return 2
+        settings = [s for s in settings if s.name in wanted]
     print(
         f"model {model} ({sum(p.numel() for p in den.parameters()):,} parameters), {count} images "
         f"per setting, {len(real)} real feature rows, torch threads {torch.get_num_threads()}"
@@ -276,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         guidance=args.guidance,
     )
     out = Path(args.out)
+    if args.only and (out / "sampling.json").is_file():
+        old = json.loads((out / "sampling.json").read_text())
+        new = {r["name"]: r for r in result["rows"]}
+        rows = [new.pop(r["name"], r) for r in old["rows"]] + list(new.values())
+        grid = [s.name for s in default_settings()]
+        rows.sort(key=lambda r: grid.index(r["name"]) if r["name"] in grid else len(grid))
+        result = {**old, "rows": rows, **pick_cheapest(rows)}
     write_json(out / "sampling.json", result)
     save_figure(fid_vs_nfe_figure(result), out / "sampling_fid_vs_nfe.png")
     ref = next(r for r in result["rows"] if r["name"] == result["reference"])

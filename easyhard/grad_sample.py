@@ -112,12 +112,15 @@ def _group(t: Tensor, batch: int) -> Tensor:
 
 
 def _linear(m: nn.Linear, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
-    k = a.shape[0] // batch
-    a = _group(a, batch).reshape(k, batch, -1, a.shape[-1])  # [K, B, positions, in]
-    g = _group(g, batch).reshape(k, batch, -1, g.shape[-1])
-    out = {"weight": torch.einsum("kblo,kbli->boi", g, a)}
+    rows = a.shape[0]
+    a3 = a.reshape(rows, -1, a.shape[-1])  # [K*B, positions, in]
+    g3 = g.reshape(rows, -1, g.shape[-1])
+    # one [out, in] product per row (batched, on the draw-major rows as they are), then sum the
+    # K rows of each example: no permuted copies of the activations
+    per_row = torch.bmm(g3.transpose(1, 2), a3)  # [K*B, out, in]
+    out = {"weight": _group(per_row, batch).sum(0)}
     if m.bias is not None:
-        out["bias"] = g.sum((0, 2))
+        out["bias"] = _group(g3.sum(1), batch).sum(0)
     return out
 
 
@@ -148,7 +151,7 @@ def _group_norm(m: nn.GroupNorm, a: Tensor, g: Tensor, batch: int) -> dict[str, 
     dims = (0, *range(3, g.dim() + 1))  # draws and positions, keep examples and channels
     out = {}
     if m.weight is not None:
-        out["weight"] = _group(g * x_hat, batch).sum(dims)
+        out["weight"] = _group(x_hat.mul_(g), batch).sum(dims)  # x_hat is ours: reuse its memory
     if m.bias is not None:
         out["bias"] = _group(g, batch).sum(dims)
     return out

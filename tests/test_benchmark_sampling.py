@@ -79,7 +79,7 @@ def test_pick_cheapest():
 
 
 def test_default_grid_nfe():
-    assert [s.nfe for s in B.default_settings()] == [10, 20, 35, 79, 35, 79, 1999]
+    assert [s.nfe for s in B.default_settings()] == [10, 20, 35, 79, 35, 79, 35, 79, 199, 1999]
     assert [s.nfe for s in B.default_settings(quick=True)] == [10, 35, 49]
     assert B.default_settings()[-1].churn > 0
 
@@ -101,3 +101,28 @@ def test_cli_writes_results(tmp_path, tiny, monkeypatch):
     assert result["rows"][0]["nfe"] == 3 and result["cheapest"] == "h2" and result["quick"]
     assert (out / "sampling_fid_vs_nfe.png").stat().st_size > 0
     assert B.main(["--model", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
+
+
+def test_cli_only_reruns_named_settings_and_merges(tmp_path, tiny, monkeypatch):
+    """--only replaces the named rows of an existing sampling.json and keeps the others."""
+    model = tmp_path / "model.pt"
+    save_model(model, tiny, NET, SHAPE)
+    real = tmp_path / "real.npz"
+    np.savez(real, feats=np.random.default_rng(1).random((30, 64)))
+    grid = [B.Setting("h2", "heun", 2), B.Setting("e3", "euler", 3)]
+    monkeypatch.setattr(B, "default_settings", lambda *a, **k: grid)
+    import easyhard.metrics as M
+
+    monkeypatch.setattr(M, "inception_features", lambda x, **kw: pixels(x))
+    out = tmp_path / "out"
+    common = ["--model", str(model), "--real-features", str(real), "--quick", "--out", str(out)]
+    assert B.main(common) == 0
+    first = json.loads((out / "sampling.json").read_text())
+    assert B.main([*common, "--only", "e3"]) == 0
+    merged = json.loads((out / "sampling.json").read_text())
+    assert [r["name"] for r in merged["rows"]] == ["h2", "e3"]
+    assert merged["rows"][0] == first["rows"][0]  # untouched
+    assert merged["rows"][1]["fid"] == pytest.approx(
+        first["rows"][1]["fid"]
+    )  # same seed, same images
+    assert B.main([*common, "--only", "nope"]) == 2
