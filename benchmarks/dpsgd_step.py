@@ -38,16 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("non_private", "per_row", "torch_func", "easyhard")
 
 
-def _rss_mib() -> float:
+def _proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (``VmRSS``: resident now, ``VmHWM``: peak) in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _hwm_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -59,14 +53,14 @@ def _reset_peak(device: str) -> float:
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
     Path("/proc/self/clear_refs").write_text("5")  # Linux: VmHWM := VmRSS
-    return _rss_mib()
+    return _proc_status_mib("VmRSS")
 
 
 def _peak(device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 2**20
-    return _hwm_mib()
+    return _proc_status_mib("VmHWM")
 
 
 def setup(args: dict[str, Any]):

@@ -36,28 +36,19 @@ class World:
         """Indices of the examples (out of ``n``) this rank processes."""
         return torch.arange(self.rank, n, self.size)
 
-    def all_reduce_sum(self, tensors: list[Tensor], *more: Tensor) -> None:
-        """Sum ``tensors`` (and ``more``) in place across ranks in one collective call."""
+    def all_reduce_sum(self, tensors: list[Tensor]) -> None:
+        """Sum ``tensors`` in place across ranks in one collective call (float64 on the wire)."""
         if self.size == 1:
             return
         import torch.distributed as dist
 
-        flat_parts = [t.reshape(-1).to(torch.float64) for t in [*tensors, *more]]
-        flat = torch.cat(flat_parts)
-        device = tensors[0].device if tensors else flat.device
-        flat = flat.to(device)
+        flat = torch.cat([t.reshape(-1).to(tensors[0].device, torch.float64) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
-        for t in [*tensors, *more]:
+        for t in tensors:
             n = t.numel()
-            t.copy_(flat[offset : offset + n].reshape(t.shape).to(t.dtype))
+            t.copy_(flat[offset : offset + n].reshape(t.shape))
             offset += n
-
-    def barrier(self) -> None:
-        if self.size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
 
 
 SINGLE_PROCESS = World()

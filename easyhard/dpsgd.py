@@ -186,7 +186,7 @@ class DPSGD:
                 ],
                 dtype=torch.float64,
             )
-        self.world.all_reduce_sum(list(total.values()), diag)
+        self.world.all_reduce_sum([*total.values(), diag])
         std = self.noise_std()
         noisy = {
             k: (v + std * torch.randn(v.shape, generator=self.noise_generator).to(v))

@@ -30,8 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm, nn.Embedding)
-
 
 class UnsupportedLayerError(TypeError):
     """A module with trainable parameters has no per-example gradient rule here."""
@@ -171,6 +169,7 @@ _RULES: dict[type, Callable[..., dict[str, Tensor]]] = {
     nn.GroupNorm: _group_norm,
     nn.Embedding: _embedding,
 }
+SUPPORTED = tuple(_RULES)  # parametrised layer types with a per-example rule
 
 
 def _rule(module: nn.Module) -> Callable[..., dict[str, Tensor]]:
