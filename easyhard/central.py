@@ -6,12 +6,17 @@ factor (area average, so pixels stay in [0, 1]); per class, release a noisy stat
 Sensitivity (add/remove one image, any dataset): the image changes exactly one class's statistic.
 
 * ``mean``: the released value is the per-class *sum* divided by the public constant
-  ``normaliser = q * N / K`` (the expected per-class count, with N and K public). One image adds a
+  ``normaliser = q * N / K`` (the expected per-class count; N is the *declared* dataset size
+  ``privacy.dataset_size``, never ``len`` of the data, and K the public number of classes). One image adds a
   vector with entries in [0, 1], so the L2 sensitivity is ``sqrt(d) / normaliser`` with ``d`` the
   number of downsampled values (C*h*w). Gaussian noise has std ``noise_multiplier * sensitivity``.
 * ``mode``: per class, pixel and channel, a histogram over ``bins`` equal-width bins; one image adds 1
   to exactly one bin per value, so the L2 sensitivity is ``sqrt(d)``. The released image is the
   centre of the noisy arg-max bin (post-processing).
+
+Pixels are clipped to [0, 1] inside the mechanism, so these bounds hold whatever the caller passes.
+Every Poisson mask and noise draw comes from a :class:`~easyhard.privacy.randomness.NoiseSource`
+(secret by default), never from the public seed.
 
 Each query is therefore a Poisson-subsampled Gaussian mechanism with the stated noise multiplier, and
 ``queries`` of them compose as one ledger entry. Clamping, upsampling, median blur and sharpening are
@@ -29,6 +34,7 @@ import torch.nn.functional as F
 
 from easyhard.config import CentralConfig
 from easyhard.privacy import Mechanism
+from easyhard.privacy.randomness import NoiseSource
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,7 @@ class CentralImages:
     y: np.ndarray
     query: np.ndarray
     mechanism: Mechanism
+    scale: ReleaseScale
 
 
 def downsample(x: np.ndarray, factor: int) -> np.ndarray:
@@ -55,14 +62,10 @@ def upsample(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="bilinear", align_corners=False).clamp(0, 1).numpy()
 
 
-def poisson_mask(n: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Each of ``n`` records is included independently with probability ``sample_rate``."""
-    return rng.random(n) < sample_rate
-
-
-def mean_normaliser(n_records: int, n_classes: int, sample_rate: float) -> float:
-    """The public constant the per-class sums are divided by: the expected per-class count q*N/K."""
-    return sample_rate * n_records / n_classes
+def mean_normaliser(public_size: int, n_classes: int, sample_rate: float) -> float:
+    """The public constant the per-class sums are divided by: the expected per-class count q*N/K,
+    with N the *declared* dataset size (``privacy.dataset_size``), never the data's length."""
+    return sample_rate * public_size / n_classes
 
 
 def mean_sensitivity(d: int, normaliser: float) -> float:
@@ -101,37 +104,73 @@ def mean_statistic(xd: np.ndarray, y: np.ndarray, n_classes: int, normaliser: fl
     return class_sums(xd, y, n_classes) / normaliser
 
 
+def clip_pixels(x: np.ndarray) -> np.ndarray:
+    """Any array mapped into [0, 1] (NaN -> 0, +inf -> 1): the mechanisms' input domain."""
+    return np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ReleaseScale:
+    """The public constants that shape one query's release: known before the data is touched."""
+
+    normaliser: float  # what the per-class sums are divided by (1 for the mode histograms)
+    sensitivity: float  # L2 sensitivity of the pre-noise statistic under add/remove of one record
+    std: float  # Gaussian noise std = noise_multiplier * sensitivity
+    down_shape: tuple[int, int, int]  # (C, h, w) after downsampling
+
+
+def release_scale(
+    cfg: CentralConfig, public_size: int, n_classes: int, image_shape: tuple[int, int, int]
+) -> ReleaseScale:
+    """Normaliser, sensitivity and noise std of one query, from public values only."""
+    c, h, w = image_shape
+    down = (c, h // cfg.downsample, w // cfg.downsample)
+    d = int(np.prod(down))
+    if cfg.type == "mean":
+        normaliser = mean_normaliser(public_size, n_classes, cfg.sample_rate)
+        sensitivity = mean_sensitivity(d, normaliser)
+    else:
+        normaliser, sensitivity = 1.0, mode_sensitivity(d)
+    return ReleaseScale(normaliser, sensitivity, cfg.noise_multiplier * sensitivity, down)
+
+
+def noisy_statistic(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    cfg: CentralConfig,
+    scale: ReleaseScale,
+    source: NoiseSource,
+) -> np.ndarray:
+    """The mechanism itself: Poisson mask, per-class statistic, Gaussian noise (all from ``source``).
+
+    Pixels are clipped to [0, 1] here (:func:`clip_pixels`), so the stated sensitivity holds for *any*
+    input, whatever validation happened before. Returns the noisy statistic: ``[K, C, h, w]`` (mean) or
+    ``[K, C, h, w, bins]`` (mode histograms), before any post-processing.
+    """
+    keep = source.bernoulli(len(y), cfg.sample_rate)
+    xd = downsample(clip_pixels(x[keep]), cfg.downsample)
+    yk = y[keep]
+    if cfg.type == "mean":
+        stat = mean_statistic(xd, yk, n_classes, scale.normaliser)
+    else:
+        stat = class_histograms(xd, yk, n_classes, cfg.bins)
+    return stat + source.normal(stat.shape, scale.std)
+
+
 def query_once(
     x: np.ndarray,
     y: np.ndarray,
     n_classes: int,
     cfg: CentralConfig,
-    rng: np.random.Generator,
+    scale: ReleaseScale,
+    source: NoiseSource,
 ) -> np.ndarray:
     """One noisy central-image query; returns ``[K, C, H, W]`` images in [0, 1]."""
-    n = len(y)
-    keep = poisson_mask(n, cfg.sample_rate, rng)
-    xd = downsample(x[keep], cfg.downsample) if keep.any() else None
-    down_shape = downsample(x[:1], cfg.downsample).shape[1:]
-    d = int(np.prod(down_shape))
+    noisy = noisy_statistic(x, y, n_classes, cfg, scale, source)
     if cfg.type == "mean":
-        normaliser = mean_normaliser(n, n_classes, cfg.sample_rate)
-        stat = (
-            mean_statistic(xd, y[keep], n_classes, normaliser)
-            if xd is not None
-            else np.zeros((n_classes, *down_shape))
-        )
-        std = cfg.noise_multiplier * mean_sensitivity(d, normaliser)
-        noisy = stat + rng.normal(0.0, std, size=stat.shape)
         central = noisy.clip(0.0, 1.0)
     else:
-        hist = (
-            class_histograms(xd, y[keep], n_classes, cfg.bins)
-            if xd is not None
-            else np.zeros((n_classes, *down_shape, cfg.bins))
-        )
-        std = cfg.noise_multiplier * mode_sensitivity(d)
-        noisy = hist + rng.normal(0.0, std, size=hist.shape)
         central = (noisy.argmax(axis=-1) + 0.5) / cfg.bins
     return postprocess(upsample(central.astype(np.float32), x.shape[2:]), cfg.postprocess)
 
@@ -166,20 +205,28 @@ def query_central_images(
     y: np.ndarray,
     n_classes: int,
     cfg: CentralConfig,
-    seed: int,
+    *,
+    public_size: int,
+    source: NoiseSource,
     progress: bool = True,
 ) -> CentralImages:
-    """Run ``cfg.queries`` independent queries; returns all images and the ledger entry they cost."""
+    """Run ``cfg.queries`` independent queries; returns all images and the ledger entry they cost.
+
+    ``public_size`` is the declared N (``privacy.dataset_size``); ``source`` supplies every Poisson
+    mask and noise draw (:mod:`easyhard.privacy.randomness`: secret unless seeded on purpose).
+    """
     from tqdm import tqdm
 
+    if x.ndim != 4 or len(x) != len(y):
+        raise ValueError(f"central images: expected NCHW images and one label each, got {x.shape}")
     if x.shape[2] < cfg.downsample or x.shape[3] < cfg.downsample:
         raise ValueError(
             f"central.downsample={cfg.downsample} is larger than the images ({x.shape[2]}x{x.shape[3]})"
         )
-    rng = np.random.default_rng(seed)
+    scale = release_scale(cfg, public_size, n_classes, x.shape[1:])
     imgs, labels, query = [], [], []
     for t in tqdm(range(cfg.queries), desc="central-image queries", disable=not progress):
-        imgs.append(query_once(x, y, n_classes, cfg, rng))
+        imgs.append(query_once(x, y, n_classes, cfg, scale, source))
         labels.append(np.arange(n_classes))
         query.append(np.full(n_classes, t))
     return CentralImages(
@@ -187,4 +234,5 @@ def query_central_images(
         y=np.concatenate(labels).astype(np.int64),
         query=np.concatenate(query).astype(np.int64),
         mechanism=central_mechanism(cfg),
+        scale=scale,
     )

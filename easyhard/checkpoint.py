@@ -46,7 +46,7 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[Denoiser, dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    blob = torch.load(path, map_location=device, weights_only=False)
+    blob = torch.load(path, map_location=device, weights_only=True)
     network = from_mapping(NetworkConfig, blob["network"], prefix="network")
     den = build_denoiser(network, tuple(blob["image_shape"]), blob["n_classes"], blob["sigma_data"])
     den.load_state_dict(blob["state_dict"])

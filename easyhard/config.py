@@ -29,6 +29,8 @@ DATASETS = (
 )
 OFFICIAL_SPLITS = ("mnist", "fashion_mnist", "cifar10", "celeba", "camelyon")
 CLASSIFIERS = ("cnn", "resnet", "logreg")  # downstream classifiers (easyhard.metrics.utility)
+ACCOUNTANTS = ("prv", "pld", "rdp")  # easyhard.privacy.accounting
+RANDOMNESS = ("secure", "seeded")  # easyhard.privacy.randomness: where DP noise and masks come from
 
 
 class ConfigError(ValueError):
@@ -76,17 +78,39 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Target (epsilon, delta) for everything that touches the sensitive data, and the accountant."""
+    """Target (epsilon, delta) for everything that touches the sensitive data, and the accountant.
+
+    ``dataset_size`` is the *declared, public* number N of sensitive training records: every
+    normaliser of a release (the central images' q*N/K, DP-SGD's q*N) and the delta < 1/N check use
+    it, never the length of the data. A run whose actual N differs from it by more than
+    ``size_tolerance`` (relative) stops before any query. ``randomness``: ``secure`` (noise and
+    Poisson masks from the OS CSPRNG: a private release) or ``seeded`` (from the public seed: a
+    bit-identical replay for tests, NOT a private release).
+    """
 
     epsilon: float = 10.0
     delta: float = 1e-5
     accountant: str = "prv"
+    dataset_size: int = 4000
+    size_tolerance: float = 0.05
+    randomness: str = "secure"
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
             raise ConfigError(f"privacy.epsilon must be > 0, got {self.epsilon}")
         _in_open("privacy.delta", self.delta, 0.0, 1.0)
-        _choice("privacy.accountant", self.accountant, ("prv", "pld", "rdp"))
+        _choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        _positive("privacy.dataset_size", self.dataset_size)
+        if not 0 <= self.size_tolerance < 1:
+            raise ConfigError(
+                f"privacy.size_tolerance must be in [0, 1), got {self.size_tolerance}"
+            )
+        if not self.delta < 1.0 / self.dataset_size:
+            raise ConfigError(
+                f"privacy.delta={self.delta:g} must be < 1/N = {1.0 / self.dataset_size:.3g} "
+                f"(N = privacy.dataset_size = {self.dataset_size})"
+            )
+        _choice("privacy.randomness", self.randomness, RANDOMNESS)
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,27 @@ def validate(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], what: str =
         raise DataError(f"{what}: class {classes[int(empty[0])]!r} has no images")
 
 
+def member(root: Path, name: str, what: str) -> Path:
+    """``root / name`` for a file name read from a label file, refused unless it stays inside
+    ``root`` (no absolute names, no ``..`` escaping it, no link pointing out of it)."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or rel.drive:
+        raise DataError(f"{what}: file name {name!r} must be relative to the data folder")
+    path = root / rel
+    base = root.resolve()
+    if not path.resolve().is_relative_to(base):
+        raise DataError(f"{what}: file name {name!r} points outside the data folder {root}")
+    return path
+
+
+def _zip_member(name: str, what: str) -> str:
+    """A member name from a label file, refused if absolute or if it climbs with ``..``."""
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise DataError(f"{what}: file name {name!r} must be relative, without '..'")
+    return name
+
+
 def _to_float(x: np.ndarray, max_value: float) -> np.ndarray:
     return (np.asarray(x, dtype=np.float32) / max_value).clip(0.0, 1.0)
 
@@ -253,7 +274,7 @@ def load_celeba(
     img_dir = d / "img_align_celeba"
     images = []
     for f in files:
-        path = img_dir / f
+        path = member(img_dir, f, str(d / "list_attr_celeba.txt"))
         if not path.is_file():
             raise DataError(f"celeba: image file not found: {path}")
         images.append(_decode(path, str(path), image_size))
@@ -279,7 +300,9 @@ def load_labelled(
         if not meta.is_file():
             raise DataError(f"{path}: no dataset.json label file")
         entries = _labels(meta.read_bytes(), str(meta))
-        images = [_decode(path / rel, f"{path}/{rel}", image_size) for rel, _ in entries]
+        images = [
+            _decode(member(path, rel, str(meta)), f"{path}/{rel}", image_size) for rel, _ in entries
+        ]
     elif path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             if "dataset.json" not in z.namelist():
@@ -287,6 +310,7 @@ def load_labelled(
             entries = _labels(z.read("dataset.json"), f"{path}:dataset.json")
             images = []
             for rel, _ in entries:
+                _zip_member(rel, f"{path}:dataset.json")
                 try:
                     with z.open(rel) as f:
                         images.append(_decode(io.BytesIO(f.read()), f"{path}:{rel}", image_size))

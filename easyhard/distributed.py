@@ -50,6 +50,18 @@ class World:
             t.copy_(flat[offset : offset + n].reshape(t.shape))
             offset += n
 
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        """Rank 0's ``data`` on every rank, sent over the process group in memory (never a file)."""
+        if self.size == 1:
+            if data is None:
+                raise ValueError("broadcast_bytes: rank 0 must give the data")
+            return data
+        import torch.distributed as dist
+
+        box = [data if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 SINGLE_PROCESS = World()
 

@@ -19,7 +19,9 @@ Per-example gradients come from one of two exact engines (``grad_sampler``):
 * ``vmap``: ``torch.func`` ``vmap(grad)`` of the per-example loss, for any layer type (slower).
 
 Both differentiate a *loss module*: an ``nn.Module`` whose ``forward(*batch)`` returns one loss per
-example (shape ``[B]``). Poisson batches come from opacus' ``UniformWithReplacementSampler``.
+example (shape ``[B]``). Poisson masks and the Gaussian noise come from a
+:class:`~easyhard.privacy.randomness.NoiseSource` (secret by default, never the public seed), and
+``q * N`` uses the declared dataset size N (``privacy.dataset_size``).
 """
 
 from __future__ import annotations
@@ -27,32 +29,30 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from easyhard.distributed import SINGLE_PROCESS, World
 from easyhard.grad_sample import layerwise_grads
+from easyhard.privacy.randomness import NoiseSource
 
 GRAD_SAMPLERS = ("layerwise", "vmap")
 
 
 def poisson_batches(
-    n: int, sample_rate: float, steps: int, generator: torch.Generator
+    n: int, sample_rate: float, steps: int, source: NoiseSource
 ) -> Iterator[Tensor]:
-    """``steps`` Poisson batches of indices into ``range(n)`` (opacus' sampler; sizes ~ Bin(n, q))."""
-    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
-
-    sampler = UniformWithReplacementSampler(
-        num_samples=n, sample_rate=sample_rate, generator=generator, steps=steps
-    )
-    for idx in sampler:
-        yield torch.as_tensor(idx, dtype=torch.long)
+    """``steps`` Poisson batches of indices into ``range(n)``: each record is kept independently with
+    probability ``sample_rate`` (sizes ~ Bin(n, q)); the masks come from ``source`` (secret)."""
+    for _ in range(steps):
+        yield torch.as_tensor(np.flatnonzero(source.bernoulli(n, sample_rate)), dtype=torch.long)
 
 
-def expected_batch_size(n: int, sample_rate: float) -> float:
-    """The public normaliser q * N of the noisy gradient sum."""
-    return sample_rate * n
+def expected_batch_size(public_size: int, sample_rate: float) -> float:
+    """The public normaliser q * N of the noisy gradient sum (N declared, never ``len`` of data)."""
+    return sample_rate * public_size
 
 
 def trainable(model: nn.Module) -> dict[str, Tensor]:
@@ -124,18 +124,20 @@ class DPSGD:
     """Computes the private gradient of one logical Poisson batch and writes it into ``p.grad``.
 
     ``model`` is the loss module (``forward(*batch) -> [B]`` per-example losses) whose trainable
-    parameters are updated. The caller runs ``optimizer.step()`` afterwards; ``noise_generator``
-    makes the noise reproducible (and must be seeded identically on every rank of a ``world``).
+    parameters are updated. The caller runs ``optimizer.step()`` afterwards. ``noise`` draws the
+    Gaussian noise; on every rank of a ``world`` it must produce the same stream (one shared secret
+    key, or the same seed in seeded mode).
     """
 
     def __init__(
         self,
         model: nn.Module,
+        *,
         noise_multiplier: float,
         clip: float,
         expected_batch: float,
         physical_batch: int,
-        noise_generator: torch.Generator,
+        noise: NoiseSource,
         grad_sampler: str = "layerwise",
         world: World = SINGLE_PROCESS,
     ) -> None:
@@ -150,7 +152,7 @@ class DPSGD:
         self.clip = clip
         self.expected_batch = expected_batch
         self.physical_batch = physical_batch
-        self.noise_generator = noise_generator
+        self.noise = noise
 
     def noise_std(self) -> float:
         """Std of the Gaussian noise added to the clipped sum: noise_multiplier * C."""
@@ -161,7 +163,7 @@ class DPSGD:
 
         With a multi-process ``world`` every rank receives the same logical batch, processes its
         shard, and the clipped sums (with the diagnostics) are summed across ranks in one
-        all-reduce. Every rank then adds the *same* noise draw (identically seeded generators): one
+        all-reduce. Every rank then adds the *same* noise draw (one shared noise stream): one
         Gaussian sample per logical batch, exactly as in a single process.
         """
         params = trainable(self.model)
@@ -189,7 +191,7 @@ class DPSGD:
         self.world.all_reduce_sum([*total.values(), diag])
         std = self.noise_std()
         noisy = {
-            k: (v + std * torch.randn(v.shape, generator=self.noise_generator).to(v))
+            k: (v + torch.from_numpy(self.noise.normal(tuple(v.shape), std)).to(v))
             / self.expected_batch
             for k, v in total.items()
         }

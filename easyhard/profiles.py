@@ -2,7 +2,7 @@
 
 A profile file holds only the keys it overrides, an optional ``base`` (another profile it extends)
 and a ``profile`` block of metadata that is not a parameter: the dataset, its training-set size
-``train_size`` (the sample rates are set for it), DPImageBench's published numbers, the published
+DPImageBench's published numbers, the published
 network size and estimated GPU cost. ::
 
     python -m easyhard.profiles list                 # names, one line each
@@ -84,16 +84,12 @@ def read_base(params_file: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def plan(profile: Profile, params: Params) -> dict[str, Any]:
-    """Privacy plan at the profile's ``train_size``: central-image cost, DP-SGD sigma and steps."""
+    """Privacy plan at the declared ``privacy.dataset_size``: central-image cost, DP-SGD sigma and steps."""
     from easyhard.central import central_mechanism
     from easyhard.privacy import calibrate_noise_multiplier, compose_epsilon, steps_for_epochs
 
-    n = int(profile.meta["train_size"])
+    n = params.privacy.dataset_size
     p = params.privacy
-    if not p.delta < 1.0 / n:
-        raise ConfigError(
-            f"profile {profile.name}: privacy.delta={p.delta:g} must be < 1/N = {1 / n:.3g}"
-        )
     prior = [central_mechanism(params.central)] if "dpfeta" in params.methods else []
     central_eps = compose_epsilon(prior, p.delta, p.accountant)
     if central_eps >= p.epsilon:
@@ -116,7 +112,7 @@ def check(name: str, base: Mapping[str, Any], with_plan: bool = True) -> dict[st
     """Validate profile ``name`` on ``base``; returns its summary (raises :class:`ConfigError`)."""
     prof = load(name)
     params = prof.params(base)
-    missing = [k for k in ("dataset", "train_size", "published") if k not in prof.meta]
+    missing = [k for k in ("dataset", "published") if k not in prof.meta]
     if missing:
         raise ConfigError(f"profile {name}: 'profile' block lacks {', '.join(missing)}")
     out = {"name": name, "params": params, "meta": prof.meta}

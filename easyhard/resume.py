@@ -3,9 +3,16 @@
 A checkpoint holds the model, EMA, optimizer, step, history, every random generator's state and
 the privacy ledger so far. It is tagged with a *fingerprint* of everything that determines the run
 (params, data and initial weights); a checkpoint whose fingerprint differs is ignored, never
-resumed. Because the generators are restored, the steps between the last checkpoint and a crash are
-replayed with the very same Poisson batches and noise: the replayed releases are identical to the
-lost ones, so nothing is spent twice, and the ledger counts each step once.
+resumed.
+
+A checkpoint is *private state*: it holds un-noised training diagnostics and the intermediate model,
+so it lives outside DVC's outputs and git (``checkpoints/``) and is deleted once the stage completes.
+The secret key of a secure noise source is never in it: after a crash, the steps after the last
+checkpoint draw fresh secret masks and noise. Those lost steps were never released (nothing but the
+final outputs leaves the machine), so the ledger counts each released step once. In seeded mode the
+seeded stream's state is restored and the replay is bit-identical. Checkpoints are read with
+``torch.load(weights_only=True)``: a file that holds anything but tensors and plain containers is
+refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ class Checkpointer:
         """The saved state if there is one for this very run, else None."""
         if not self.path.is_file():
             return None
-        blob = torch.load(self.path, map_location="cpu", weights_only=False)
+        blob = torch.load(self.path, map_location="cpu", weights_only=True)
         if blob.get("fingerprint") != self.fingerprint:
             print(f"ignoring checkpoint {self.path}: it belongs to a different run")
             return None

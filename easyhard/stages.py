@@ -20,11 +20,17 @@ from easyhard.compute import Compute, running
 from easyhard.compute import resolve as resolve_compute
 from easyhard.config import Params, to_dict
 from easyhard.distributed import SINGLE_PROCESS, World
+from easyhard.dpsgd import expected_batch_size
 from easyhard.edm import from_model, network_calls, sample
 from easyhard.io import read_json, save_figure, savez, write_json
-from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, steps_for_epochs
+from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, spend, steps_for_epochs
+from easyhard.privacy.randomness import NoiseSource, SecureSource, noise_source
+from easyhard.privacy.spend import spend_dir
 from easyhard.resume import Checkpointer, digest
 from easyhard.train import dp_finetune, pretrain
+
+#: Title prefix of figures that show un-noised statistics of the sensitive data.
+NOT_PRIVATE = "not private, do not publish"
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,59 @@ def load_for_notebook(root: str | Path | None, sections: dict[str, Any]) -> tupl
     return params, Paths(base)
 
 
-def check_delta(delta: float, n: int) -> None:
-    """delta must be below 1/N (N = number of sensitive records), else the guarantee is vacuous."""
-    if not 0 < delta < 1.0 / n:
-        raise ValueError(f"privacy.delta={delta:g} must be in (0, 1/N) = (0, {1.0 / n:.3g}), N={n}")
+def check_dataset_size(params: Params, n: int) -> None:
+    """Stop before any query when the data's size N is far from the declared public size.
+
+    Every normaliser of a release uses the declared ``privacy.dataset_size``, never ``len`` of the
+    data; this check only guards against a wrong declaration (which would mis-scale the releases,
+    never break the guarantee). It reveals one bit about N (inside the tolerance or not) to whoever
+    sees that the run stopped.
+    """
+    declared, tol = params.privacy.dataset_size, params.privacy.size_tolerance
+    if abs(n - declared) > tol * declared:
+        raise D.DataError(
+            f"the sensitive training set has {n} records but privacy.dataset_size={declared} "
+            f"(tolerance {tol:g}): declare the public size of this dataset in params.yaml"
+        )
+
+
+def noise_for(params: Params, stream: str, world: World = SINGLE_PROCESS) -> NoiseSource:
+    """The noise source of a mechanism: secret (``privacy.randomness: secure``) or seeded replay.
+
+    Data-parallel ranks share one secret key, sent from rank 0 in memory, so they add the same
+    noise and draw the same Poisson masks."""
+    key = None
+    if params.privacy.randomness == "secure" and world.size > 1:
+        key = world.broadcast_bytes(SecureSource.shared_key() if world.is_main else None)
+    return noise_source(params.privacy.randomness, params.seed, stream, key)
+
+
+def record_release(
+    params: Params, paths: Paths, method: str, stage: str, mechanisms: list[Mechanism]
+) -> None:
+    """Add this stage's mechanisms to the dataset's spend log (:mod:`easyhard.privacy.spend`)."""
+    train = D.load_npz(paths.train)
+    folder = spend_dir(paths.root)
+    spend.record(
+        folder,
+        dataset=spend.fingerprint(train.x, train.y, folder),
+        method=method,
+        stage=stage,
+        mechanisms=mechanisms,
+        private=params.privacy.randomness == "secure",
+    )
+
+
+def dataset_total(params: Params, paths: Paths) -> spend.Total:
+    """Everything released so far from this run's sensitive training set, composed."""
+    train = D.load_npz(paths.train)
+    folder = spend_dir(paths.root)
+    return spend.total(
+        folder,
+        delta=params.privacy.delta,
+        accountant=params.privacy.accountant,
+        dataset=spend.fingerprint(train.x, train.y, folder),
+    )
 
 
 def _device(params: Params) -> str:
@@ -135,10 +190,15 @@ def prepare(params: Params, paths: Paths) -> dict[str, Any]:
     else:
         ds = D.load_dataset(cfg)
         train, test = D.split(ds, cfg.test_fraction, params.seed, cfg.max_per_class)
-    check_delta(params.privacy.delta, len(train))
+    check_dataset_size(params, len(train))
     D.save_npz(paths.train, train)
     D.save_npz(paths.test, test)
-    fig = grid_figure(train.x, train.y, train.classes, title="sensitive training images (real)")
+    fig = grid_figure(
+        train.x,
+        train.y,
+        train.classes,
+        title="real sensitive training images: local view only, not private, do not publish",
+    )
     return {
         "train": train,
         "test": test,
@@ -147,14 +207,17 @@ def prepare(params: Params, paths: Paths) -> dict[str, Any]:
 
 
 def fid_reference(params: Params, paths: Paths) -> dict[str, Any]:
-    """Inception features of real training images, computed once and cached for every FID."""
+    """Inception features of held-out real *test* images, computed once and cached for every FID.
+
+    Evaluation never looks at the sensitive training images: FID, precision and recall compare the
+    synthetic images with the held-out test split."""
     from easyhard.metrics import inception_features, save_features
 
-    train = D.load_npz(paths.train)
-    n = min(params.evaluate.fid_real_count, len(train))
-    idx = np.sort(np.random.default_rng(params.seed).permutation(len(train))[:n])
+    test = D.load_npz(paths.test)
+    n = min(params.evaluate.fid_real_count, len(test))
+    idx = np.sort(np.random.default_rng(params.seed).permutation(len(test))[:n])
     feats = inception_features(
-        train.x[idx], batch_size=params.evaluate.batch_size, device=_device(params)
+        test.x[idx], batch_size=params.evaluate.batch_size, device=_device(params)
     )
     save_features(paths.fid_real, feats)
     return {"count": n, "features": feats}
@@ -166,6 +229,7 @@ def new_ledger(params: Params) -> Ledger:
         delta=params.privacy.delta,
         target_epsilon=params.privacy.epsilon,
         accountant=params.privacy.accountant,
+        private=params.privacy.randomness == "secure",
     )
 
 
@@ -174,14 +238,23 @@ def central_images(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     from easyhard.plots import grid_figure
 
     train = D.load_npz(paths.train)
-    check_delta(params.privacy.delta, len(train))
+    check_dataset_size(params, len(train))
     ledger = new_ledger(params)
     out: dict[str, Any] = {"ledger": ledger}
     if method == "dpfeta":
         cfg = params.central
         ledger.remaining_check(central_mechanism(cfg))  # refuse before touching the data
-        ci = query_central_images(train.x, train.y, train.n_classes, cfg, seed=params.seed)
+        ci = query_central_images(
+            train.x,
+            train.y,
+            train.n_classes,
+            cfg,
+            public_size=params.privacy.dataset_size,
+            source=noise_for(params, "central"),
+        )
         ledger.add(ci.mechanism)
+        record_release(params, paths, method, "central", [ci.mechanism])
+        out["scale"] = ci.scale
         x, y = ci.x, ci.y
         per_class = min(cfg.queries, 8)
         fig = grid_figure(x, y, train.classes, per_class, title="DP central images")
@@ -253,14 +326,13 @@ def pretrain_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- hard stage
-def plan_finetune(params: Params, n_train: int, prior: list[Mechanism]) -> Mechanism:
+def plan_finetune(params: Params, prior: list[Mechanism]) -> Mechanism:
     """Calibrate the DP-SGD noise multiplier so prior mechanisms + DP-SGD meet the target."""
-    check_delta(params.privacy.delta, n_train)
-    q = params.finetune.sample_rate
-    if q * n_train < 1:
+    q, n = params.finetune.sample_rate, params.privacy.dataset_size
+    if q * n < 1:
         raise D.DataError(
-            f"{n_train} training images are too few for finetune.sample_rate={q:g}: the expected "
-            f"Poisson batch q*N = {q * n_train:.2g} is below one image"
+            f"privacy.dataset_size={n} is too small for finetune.sample_rate={q:g}: the expected "
+            f"Poisson batch q*N = {q * n:.2g} is below one image"
         )
     steps = steps_for_epochs(params.finetune.epochs, q)
     return calibrate_noise_multiplier(
@@ -288,8 +360,11 @@ def finetune(
     if params.finetune.processes > 1 and world.size == 1:
         return _finetune_torchrun(params, paths, method)
     train = D.load_npz(paths.train)
+    check_dataset_size(params, len(train))
     ledger = Ledger.load(paths.central_ledger(method))
-    mech = plan_finetune(params, len(train), list(ledger.mechanisms))
+    # private only if every mechanism in it drew secret noise (the central images and this stage)
+    ledger.private = ledger.private and params.privacy.randomness == "secure"
+    mech = plan_finetune(params, list(ledger.mechanisms))
     ledger.remaining_check(mech)
     device = _device(params)
     den, _ = load_model(paths.model(method, "pretrain"), device=device)
@@ -319,16 +394,21 @@ def finetune(
             "target_epsilon": ledger.target_epsilon,
             "accountant": ledger.accountant,
             "mechanisms": [m.to_dict() for m in spent],
+            "private": ledger.private,
         }
 
     ema, hist = dp_finetune(
         den,
         x,
         y,
-        params.finetune,
-        params.edm,
-        mech.noise_multiplier,
-        mech.steps,
+        cfg=params.finetune,
+        edm=params.edm,
+        noise_multiplier=mech.noise_multiplier,
+        steps=mech.steps,
+        expected_batch=expected_batch_size(
+            params.privacy.dataset_size, params.finetune.sample_rate
+        ),
+        noise=noise_for(params, "dp_sgd", world),
         seed=params.seed,
         checkpoint=ckpt,
         ledger_at=ledger_at,
@@ -336,6 +416,8 @@ def finetune(
         compute=compute_settings(params),
     )
     ledger.add(mech)
+    if world.is_main:
+        record_release(params, paths, method, "finetune", [mech])
     if not world.is_main:
         return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": None}
     save_model(
@@ -348,7 +430,7 @@ def finetune(
     write_json(paths.history(method, "finetune"), hist.rows)
     ledger.save(paths.ledger(method))
     ckpt.clear()
-    fig = loss_figure({method: hist.rows}, title="DP-SGD fine-tuning")
+    fig = loss_figure({method: hist.rows}, title=NOT_PRIVATE + ": DP-SGD fine-tuning loss")
     fig_path = save_figure(fig, paths.figure(method, "finetune", "loss"))
     return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": fig_path}
 
@@ -428,7 +510,7 @@ def sample_stage(params: Params, paths: Paths, method: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------- evaluate
 def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
-    """FID / precision / recall vs real training images; downstream accuracy on real test images."""
+    """FID / precision / recall vs held-out real test images; downstream accuracy on them too."""
     from easyhard import metrics as M
 
     synth = D.load_npz(paths.samples(method))
@@ -460,6 +542,7 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     by = ledger.to_dict()
     sgd = [m for m in ledger.mechanisms if m.name == "dp_sgd"]
     result = {
+        "private": ledger.private,
         "epsilon": by["epsilon"],
         "epsilon_rdp": by["epsilon_by_accountant"]["rdp"],
         "target_epsilon": ledger.target_epsilon,
@@ -473,6 +556,7 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "synthetic_count": len(synth),
         "fid_count": n_fid,
         "fid_real_count": len(real),
+        "dataset_epsilon": _finite(dataset_total(params, paths).epsilon),
     }
     write_json(paths.metrics(method), result)
     return result | {"classifier_runs": runs}
@@ -480,8 +564,12 @@ def evaluate(params: Params, paths: Paths, method: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------ report
 def report(params: Params, paths: Paths) -> dict[str, Any]:
-    """Compare methods: a metrics table, bar charts, sample grids side by side, loss curves."""
-    from easyhard.plots import comparison_bars, loss_figure, side_by_side
+    """Compare methods: a metrics table, bar charts, sample grids side by side, central images, and
+    the privacy spent on the dataset by every release so far (``report/privacy.json``).
+
+    The un-noised training diagnostics (losses, batch sizes, gradient norms) are not part of the
+    DP release and stay out of the report."""
+    from easyhard.plots import comparison_bars, side_by_side
 
     metrics = {m: read_json(paths.metrics(m)) for m in params.methods}
     test = D.load_npz(paths.test)
@@ -489,11 +577,6 @@ def report(params: Params, paths: Paths) -> dict[str, Any]:
         "metrics": comparison_bars(
             metrics,
             ["fid", *(f"{c}_acc_mean" for c in params.evaluate.classifiers), "epsilon"],
-        ),
-        "loss": loss_figure(
-            {f"{m} fine-tune": read_json(paths.history(m, "finetune")) for m in params.methods}
-            | {f"{m} pretrain": read_json(paths.history(m, "pretrain")) for m in params.methods},
-            title="training loss",
         ),
     }
     grids = {}
@@ -508,6 +591,26 @@ def report(params: Params, paths: Paths) -> dict[str, Any]:
                 central[m] = (f["x"], f["y"])
     if central:
         figs["central_images"] = side_by_side(central, test.classes)
-    saved = {name: save_figure(fig, paths.report / f"{name}.png") for name, fig in figs.items()}
+    saved = {
+        name: save_figure(fig, paths.report / "figures" / f"{name}.png")
+        for name, fig in figs.items()
+    }
     write_json(paths.report / "summary.json", metrics)
-    return {"metrics": metrics, "figures": saved}
+    total = dataset_total(params, paths)
+    privacy = {
+        "private": all(m.get("private", False) for m in metrics.values()) and not total.non_private,
+        "dataset_epsilon": _finite(total.epsilon),
+        "dataset_epsilon_private_releases": total.epsilon_private,
+        "dataset_releases": total.releases,
+        "dataset_non_private_releases": total.non_private,
+        "delta": params.privacy.delta,
+        "accountant": params.privacy.accountant,
+        **{f"{m}_epsilon": metrics[m]["epsilon"] for m in params.methods},
+    }
+    write_json(paths.report / "privacy.json", privacy)
+    return {"metrics": metrics, "figures": saved, "privacy": privacy}
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an unbounded epsilon (a non-private release was made) becomes null."""
+    return value if np.isfinite(value) else None

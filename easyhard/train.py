@@ -15,8 +15,9 @@ from torch import Tensor, nn
 from easyhard.compute import FP32, Compute, autocast, prepare_input, prepare_model
 from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
 from easyhard.distributed import SINGLE_PROCESS, World
-from easyhard.dpsgd import DPSGD, expected_batch_size, poisson_batches
+from easyhard.dpsgd import DPSGD, poisson_batches
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss, to_model
+from easyhard.privacy.randomness import NoiseSource
 from easyhard.resume import Checkpointer, generator_states, restore_generators
 
 
@@ -149,6 +150,7 @@ def _resume(
     opt: torch.optim.Optimizer,
     hist: History,
     gens: tuple[torch.Generator, ...],
+    noise: NoiseSource | None = None,
 ) -> int:
     """Load a matching checkpoint into the live objects; returns the step to continue from."""
     blob = checkpoint.load() if checkpoint is not None else None
@@ -159,6 +161,8 @@ def _resume(
     opt.load_state_dict(blob["optimizer"])
     hist.rows = list(blob["history"])
     restore_generators(gens, blob["rng"])
+    if noise is not None:
+        noise.restore(blob.get("noise"))  # seeded: continue the stream; secure: fresh draws
     return int(blob["step"])
 
 
@@ -205,10 +209,13 @@ def dp_finetune(
     denoiser: Denoiser,
     x: Tensor,
     y: Tensor,
+    *,
     cfg: FinetuneConfig,
     edm: EDMConfig,
     noise_multiplier: float,
     steps: int,
+    expected_batch: float,
+    noise: NoiseSource,
     seed: int,
     ema: EMA | None = None,
     progress: bool = True,
@@ -221,23 +228,28 @@ def dp_finetune(
 
     ``x`` is the sensitive set in [0, 1]. Each step: Poisson batch -> per-example K-averaged EDM
     loss gradients -> clip to ``cfg.clip`` -> sum + N(0, (noise_multiplier * clip)^2) -> divide by
-    q*N -> Adam. The caller accounts ``(noise_multiplier, cfg.sample_rate, steps)``.
+    the public ``expected_batch`` q*N -> Adam. The caller accounts
+    ``(noise_multiplier, cfg.sample_rate, steps)``.
+
+    ``noise`` (:mod:`easyhard.privacy.randomness`) draws every Poisson mask and Gaussian noise
+    vector: secret in a private run. ``seed`` (public) drives only the K diffusion noise draws.
 
     With ``checkpoint``, the state (and ``ledger_at(steps_done)``, the privacy ledger so far) is
-    saved every ``checkpoint.every`` steps; a rerun resumes and replays the same randomness.
+    saved every ``checkpoint.every`` steps and a rerun resumes from it. A secure ``noise`` keeps no
+    state, so the steps after the last checkpoint are drawn afresh (the lost ones were never
+    released); a seeded one is restored, so a seeded replay is bit-identical.
 
     With a multi-process ``world`` (``torchrun``), every rank runs this function with the same
-    seed: the Poisson batch, the noise draws and the DP noise are identical on all ranks, each rank
-    clips its shard of the batch, and the clipped sums are all-reduced (:mod:`easyhard.distributed`).
-    Only rank 0 saves checkpoints and shows progress. ``compute`` turns on bf16 autocast for the
-    forward pass and channels-last on GPUs; per-example gradients, clipping and noise stay float32.
+    seed and the same noise stream: the Poisson batch, the noise draws and the DP noise are
+    identical on all ranks, each rank clips its shard of the batch, and the clipped sums are
+    all-reduced (:mod:`easyhard.distributed`). Only rank 0 saves checkpoints and shows progress.
+    ``compute`` turns on bf16 autocast for the forward pass and channels-last on GPUs; per-example
+    gradients, clipping and noise stay float32.
     """
     from tqdm import tqdm
 
     prepare_model(denoiser, compute)
-    sample_gen = torch.Generator().manual_seed(seed)
     draw_gen = torch.Generator().manual_seed(seed + 1)
-    noise_gen = torch.Generator().manual_seed(seed + 2)
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
     ema = ema if ema is not None else EMA(denoiser, cfg.ema_decay)
     ema.decay = cfg.ema_decay
@@ -245,17 +257,17 @@ def dp_finetune(
         EDMLoss(denoiser, compute),
         noise_multiplier=noise_multiplier,
         clip=cfg.clip,
-        expected_batch=expected_batch_size(len(x), cfg.sample_rate),
+        expected_batch=expected_batch,
         physical_batch=cfg.physical_batch,
-        noise_generator=noise_gen,
+        noise=noise,
         grad_sampler=cfg.grad_sampler,
         world=world,
     )
     hist = History()
-    gens = (sample_gen, draw_gen, noise_gen)
-    start = _resume(checkpoint, denoiser, ema, opt, hist, gens)
+    gens = (draw_gen,)
+    start = _resume(checkpoint, denoiser, ema, opt, hist, gens, noise)
     denoiser.train()
-    batches = poisson_batches(len(x), cfg.sample_rate, steps - start, sample_gen)
+    batches = poisson_batches(len(x), cfg.sample_rate, steps - start, noise)
     bar = tqdm(
         batches,
         total=steps,
@@ -284,5 +296,6 @@ def dp_finetune(
         bar.set_postfix(loss=f"{stats.loss:.3f}", B=stats.batch_size)
         if checkpoint is not None and world.is_main and checkpoint.due(step + 1, steps):
             ledger = ledger_at(step + 1) if ledger_at is not None else None
-            checkpoint.save(step + 1, _state(denoiser, ema, opt, hist, gens, ledger=ledger))
+            state = _state(denoiser, ema, opt, hist, gens, ledger=ledger, noise=noise.state())
+            checkpoint.save(step + 1, state)
     return ema, hist

@@ -18,8 +18,10 @@ from easyhard.central import (
     postprocess,
     query_central_images,
     query_once,
+    release_scale,
 )
 from easyhard.config import CentralConfig
+from easyhard.privacy.randomness import SeededSource
 
 K = 4
 
@@ -100,12 +102,12 @@ def test_mean_query_noise_scale_on_empty_sample():
     )
     x = np.full((50, 1, 16, 16), 0.5, np.float32)
     y = np.arange(50) % K
-    rng = np.random.default_rng(3)
+    scale = release_scale(cfg, 50, K, x.shape[1:])
     # undo the clamp by measuring the fraction of zeros: P(noise <= 0) = 1/2 for mean-zero noise
-    out = query_once(x, y, K, cfg, rng)
+    out = query_once(x, y, K, cfg, scale, SeededSource(3, "t"))
     assert 0.4 < (out == 0).mean() < 0.6
     std = cfg.noise_multiplier * mean_sensitivity(256, mean_normaliser(50, K, cfg.sample_rate))
-    assert std > 1e6  # dividing by the public q*N/K, not the (here zero) realised count
+    assert scale.std == std > 1e6  # dividing by the public q*N/K, not the realised count
 
 
 def test_query_central_images_shapes_and_ledger_entry():
@@ -113,13 +115,17 @@ def test_query_central_images_shapes_and_ledger_entry():
     x = rng.random((200, 1, 28, 28)).astype(np.float32)
     y = np.arange(200) % 10
     cfg = CentralConfig(queries=3, downsample=4, sample_rate=0.5, noise_multiplier=5.0)
-    ci = query_central_images(x, y, 10, cfg, seed=0, progress=False)
+    ci = query_central_images(
+        x, y, 10, cfg, public_size=200, source=SeededSource(0, "c"), progress=False
+    )
     assert ci.x.shape == (30, 1, 28, 28) and ci.y.tolist() == list(range(10)) * 3
     assert ci.x.min() >= 0 and ci.x.max() <= 1
     m = ci.mechanism
     assert (m.noise_multiplier, m.sample_rate, m.steps) == (5.0, 0.5, 3)
-    again = query_central_images(x, y, 10, cfg, seed=0, progress=False)
-    assert np.array_equal(ci.x, again.x)  # deterministic given the seed
+    again = query_central_images(
+        x, y, 10, cfg, public_size=200, source=SeededSource(0, "c"), progress=False
+    )
+    assert np.array_equal(ci.x, again.x)  # seeded mode: deterministic given the seed
 
 
 def test_query_refuses_downsample_larger_than_image():
@@ -129,7 +135,8 @@ def test_query_refuses_downsample_larger_than_image():
             np.arange(4) % 2,
             2,
             CentralConfig(downsample=4),
-            seed=0,
+            public_size=4,
+            source=SeededSource(0, "c"),
             progress=False,
         )
 
@@ -149,7 +156,9 @@ def test_query_shapes_and_range_property(kind, factor, channels, n, post, q, see
     x = rng.random((n, channels, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, n)
     cfg = CentralConfig(type=kind, downsample=factor, postprocess=post, sample_rate=q, queries=2)
-    ci = query_central_images(x, y, 3, cfg, seed=seed, progress=False)
+    ci = query_central_images(
+        x, y, 3, cfg, public_size=n, source=SeededSource(seed, "c"), progress=False
+    )
     assert ci.x.shape == (6, channels, 8, 8)
     assert np.isfinite(ci.x).all() and ci.x.min() >= 0 and ci.x.max() <= 1
 

@@ -70,8 +70,11 @@ def test_frozen():
     q=st.floats(allow_nan=False, min_value=-1, max_value=2),
 )
 def test_privacy_validation_property(eps, delta, q):
-    data = {"privacy": {"epsilon": eps, "delta": delta}, "finetune": {"sample_rate": q}}
-    valid = eps > 0 and 0 < delta < 1 and 0 < q <= 1
+    data = {
+        "privacy": {"epsilon": eps, "delta": delta, "dataset_size": 100},
+        "finetune": {"sample_rate": q},
+    }
+    valid = eps > 0 and 0 < delta < 1 / 100 and 0 < q <= 1  # delta < 1/N, N declared
     if valid:
         p = from_mapping(Params, data)
         assert p.privacy.epsilon == eps and p.finetune.sample_rate == q

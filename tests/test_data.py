@@ -374,6 +374,47 @@ def test_labelled_folder_and_bad_label_file(tmp_path):
         load_labelled(tmp_path, 16)
 
 
+@pytest.mark.parametrize("name", ["../outside.png", "a/../../outside.png", "/etc/passwd"])
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_label_file_names_must_stay_inside_the_data_root(tmp_path, name, as_zip):
+    """A dataset.json naming a file outside the data folder is refused with one error line."""
+    import json
+    import zipfile
+
+    from easyhard.data import load_labelled
+
+    img = tmp_path / "outside.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
+    root = tmp_path / "set"
+    (root / "a").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "a" / "0.png")
+    labels = json.dumps({"labels": [["a/0.png", 0], [name, 1]]})
+    (root / "dataset.json").write_text(labels)
+    source = root
+    if as_zip:
+        source = tmp_path / "set.zip"
+        with zipfile.ZipFile(source, "w") as z:
+            z.write(root / "a" / "0.png", "a/0.png")
+            z.writestr("dataset.json", labels)
+    with pytest.raises(DataError) as e:
+        load_labelled(source)
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and repr(name) in message
+
+
+def test_celeba_names_must_stay_inside_the_image_folder(tmp_path):
+    from easyhard.data import load_celeba
+
+    make_celeba(tmp_path, 6)
+    attr = tmp_path / "celeba" / "list_attr_celeba.txt"
+    lines = attr.read_text().split("\n")
+    lines[2] = "../../secret.jpg" + lines[2][lines[2].index(" ") :]
+    attr.write_text("\n".join(lines))
+    (tmp_path / "celeba" / "list_eval_partition.txt").unlink()
+    with pytest.raises(DataError, match="points outside the data folder"):
+        load_celeba(tmp_path, "Male", 8)
+
+
 def test_folder_resized_to_image_size(tmp_path):
     rng = np.random.default_rng(0)
     for cls, shape in (("a", (40, 30, 3)), ("b", (64, 64, 3))):

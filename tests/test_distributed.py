@@ -13,6 +13,7 @@ from easyhard.distributed import World
 from easyhard.dpsgd import DPSGD
 from easyhard.edm import Denoiser, draw_noise
 from easyhard.networks import build_unet
+from easyhard.privacy.randomness import NoiseSource, SecureSource, SeededSource
 from easyhard.train import EDMLoss
 
 SIGMA, CLIP, EXPECTED, SEED = 1.1, 0.05, 6.0, 11
@@ -32,8 +33,16 @@ def data(b: int = 7):
     return x, y, d.sigma.double(), d.noise.double(), d.drop
 
 
-def private_step(world: World, sigma: float = SIGMA):
-    dp = DPSGD(model(), sigma, CLIP, EXPECTED, 2, torch.Generator().manual_seed(SEED), world=world)
+def private_step(world: World, sigma: float = SIGMA, noise: NoiseSource | None = None):
+    dp = DPSGD(
+        model(),
+        noise_multiplier=sigma,
+        clip=CLIP,
+        expected_batch=EXPECTED,
+        physical_batch=2,
+        noise=noise or SeededSource(SEED, "dp_sgd"),
+        world=world,
+    )
     return dp.private_gradient(*data())
 
 
@@ -41,8 +50,12 @@ def _worker(rank: int, size: int, port: int, out: str, sigma: float) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=size)
     try:
-        grads, stats = private_step(World(rank, size), sigma)
-        torch.save({"grads": grads, "stats": stats}, f"{out}.{rank}")
+        world = World(rank, size)
+        grads, stats = private_step(world, sigma)
+        # secure mode: rank 0's secret key reaches every rank in memory, so all add the same noise
+        key = world.broadcast_bytes(SecureSource.shared_key() if world.is_main else None)
+        secure, _ = private_step(world, sigma, SecureSource(key))
+        torch.save({"grads": grads, "stats": stats, "secure": secure}, f"{out}.{rank}")
     finally:
         dist.destroy_process_group()
 
@@ -60,6 +73,9 @@ def test_two_processes_equal_one(tmp_path):
     mp.spawn(_worker, args=(2, free_port(), out, sigma), nprocs=2, join=True)
     single, single_stats = private_step(World(), sigma)
     ranks = [torch.load(f"{out}.{r}", weights_only=False) for r in range(2)]
+    for name, g in ranks[0]["secure"].items():
+        assert torch.equal(ranks[1]["secure"][name], g), name  # one shared secret noise draw
+        assert not torch.allclose(g, single[name])  # and not the seeded (public) one
     for name, g in single.items():
         for r in ranks:
             assert torch.allclose(r["grads"][name], g, rtol=1e-10, atol=1e-14), name

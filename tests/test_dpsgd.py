@@ -18,9 +18,23 @@ from easyhard.dpsgd import (
 )
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss
 from easyhard.networks import build_unet
+from easyhard.privacy.randomness import NoiseSource, SecureSource, SeededSource
 from easyhard.train import EDMLoss
 
 SD = 0.5
+
+
+def make_dpsgd(
+    den: Denoiser, sigma: float, clip: float, expected: float, phys: int, noise: NoiseSource
+) -> DPSGD:
+    return DPSGD(
+        EDMLoss(den),
+        noise_multiplier=sigma,
+        clip=clip,
+        expected_batch=expected,
+        physical_batch=phys,
+        noise=noise,
+    )
 
 
 def small_denoiser(attention: bool, dtype=torch.float64) -> Denoiser:
@@ -88,7 +102,7 @@ def test_chunking_does_not_change_the_private_gradient():
     x, y, sigma, noise, drop = batch(7, 2)
     outs = []
     for phys in (2, 3, 100):
-        dp = DPSGD(EDMLoss(den), 1.3, 0.5, 10.0, phys, torch.Generator().manual_seed(5))
+        dp = make_dpsgd(den, 1.3, 0.5, 10.0, phys, SeededSource(5, "n"))
         outs.append(dp.private_gradient(x, y, sigma, noise, drop)[0])
     for k in outs[0]:
         assert torch.allclose(outs[0][k], outs[1][k], atol=1e-12)
@@ -99,13 +113,13 @@ def test_private_gradient_equals_clip_sum_noise_over_expected_batch():
     den = small_denoiser(False)
     x, y, sigma, noise, drop = batch(4, 2)
     sigma_n, clip, expected = 0.8, 0.05, 12.5
-    dp = DPSGD(EDMLoss(den), sigma_n, clip, expected, 64, torch.Generator().manual_seed(7))
+    dp = make_dpsgd(den, sigma_n, clip, expected, 64, SeededSource(7, "n"))
     got, stats = dp.private_gradient(x, y, sigma, noise, drop)
     grads, _ = per_example_grads(EDMLoss(den), x, y, sigma, noise, drop)
     summed, _ = clipped_sum(grads, clip)
-    g = torch.Generator().manual_seed(7)
+    replay = SeededSource(7, "n")
     for name in summed:
-        z = torch.randn(summed[name].shape, generator=g).to(summed[name])
+        z = torch.from_numpy(replay.normal(tuple(summed[name].shape))).to(summed[name])
         assert torch.allclose(got[name], (summed[name] + sigma_n * clip * z) / expected, atol=1e-12)
     assert stats.batch_size == 4
 
@@ -120,7 +134,7 @@ def test_noise_std_is_sigma_times_c_over_expected_batch():
         torch.zeros(0, 2, 1, 8, 8),
         torch.zeros(0, 2, dtype=torch.bool),
     )
-    dp = DPSGD(EDMLoss(den), 2.0, 0.7, 20.0, 8, torch.Generator().manual_seed(0))
+    dp = make_dpsgd(den, 2.0, 0.7, 20.0, 8, SecureSource())
     g, stats = dp.private_gradient(*empty)
     flat = torch.cat([v.flatten() for v in g.values()]).double()
     n = flat.numel()
@@ -133,15 +147,13 @@ def test_noise_std_is_sigma_times_c_over_expected_batch():
 
 def test_poisson_batch_sizes_are_binomial():
     n, q, steps = 500, 0.1, 2000
-    sizes = np.array(
-        [len(b) for b in poisson_batches(n, q, steps, torch.Generator().manual_seed(0))]
-    )
+    sizes = np.array([len(b) for b in poisson_batches(n, q, steps, SecureSource())])
     assert len(sizes) == steps
     mean, var = n * q, n * q * (1 - q)
     assert abs(sizes.mean() - mean) < 5 * math.sqrt(var / steps)
     assert abs(sizes.var() / var - 1) < 0.15
     # indices are distinct within a batch (sampling without replacement per record)
-    b = next(iter(poisson_batches(n, 0.5, 1, torch.Generator().manual_seed(1))))
+    b = next(iter(poisson_batches(n, 0.5, 1, SecureSource())))
     assert len(set(b.tolist())) == len(b)
 
 

@@ -18,7 +18,7 @@ NB = ROOT / "notebooks"
 TINY = {
     "methods": ["dpfeta", "dpdm"],
     "data": {"name": "digits", "test_fraction": 0.2},
-    "privacy": {"epsilon": 5.0, "delta": 1.0e-4},
+    "privacy": {"epsilon": 5.0, "delta": 1.0e-4, "dataset_size": 1438},
     "central": {"queries": 2, "downsample": 2, "sample_rate": 0.5},
     "network": {"channels": [8, 16], "attention": [False, True], "norm_groups": 4},
     "edm": {"noise_multiplicity": 2},
@@ -82,8 +82,11 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
         ):
             assert (root / "runs" / m / f).is_file(), (m, f)
     assert (root / "runs/dpfeta/central/central_images.png").is_file()
-    for f in ("metrics.png", "samples.png", "loss.png", "central_images.png"):
-        assert (root / "report" / f).is_file()
+    for f in ("metrics.png", "samples.png", "central_images.png"):
+        assert (root / "report" / "figures" / f).is_file()
+    assert not (root / "report" / "figures" / "loss.png").exists()  # un-noised: not in the report
+    privacy = json.loads((root / "report" / "privacy.json").read_text())
+    assert privacy["dataset_releases"] == 3  # dpfeta: central + DP-SGD; dpdm: DP-SGD
     # nothing left under a temporary or failed name
     leftovers = [
         p
@@ -128,6 +131,7 @@ def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:
         ({"privacy": {"epsilom": 1.0}}, "unknown params key 'privacy.epsilom'"),
         ({"privacy": {"epsilon": 0.0}}, "privacy.epsilon must be > 0"),
         ({"finetune": {"sample_rate": 2.0}}, "finetune.sample_rate must be in (0, 1]"),
+        ({"privacy": {"delta": 0.01}}, "privacy.delta=0.01 must be < 1/N"),
     ],
 )
 def test_runner_rejects_bad_params_before_running(tmp_path, override, message):
@@ -143,7 +147,6 @@ def test_runner_rejects_bad_params_before_running(tmp_path, override, message):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"privacy": {"delta": 0.01}}, "must be in (0, 1/N)"),
         ({"data": {"name": "folder", "root": "no/such/folder"}}, "data folder not found"),
     ],
 )
@@ -177,17 +180,15 @@ def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_finetune_refused_when_delta_is_not_below_one_over_n(tmp_path):
-    from easyhard import stages
+def test_delta_must_be_below_one_over_the_declared_n():
+    """delta < 1/N on the *declared* N: refused when params load, before any data is read."""
+    from easyhard.config import ConfigError, Params, from_mapping
 
-    write_params(tmp_path, TINY)
-    params, paths = stages.load_for_notebook(tmp_path, {})
-    stages.prepare(params, paths)
-    stages.central_images(params, paths, "dpdm")
-    bad, _ = stages.load_for_notebook(tmp_path, {"privacy": {"delta": 0.5}})
-    with pytest.raises(ValueError, match=r"must be in \(0, 1/N\)"):
-        stages.finetune(bad, paths, "dpdm")
-    assert not paths.ledger("dpdm").exists()
+    with pytest.raises(ConfigError, match="privacy.delta=0.5 must be < 1/N"):
+        from_mapping(
+            Params,
+            merge(yaml.safe_load((ROOT / "params.yaml").read_text()), {"privacy": {"delta": 0.5}}),
+        )
 
 
 def _make_folder(root: Path, case: str) -> None:
@@ -219,7 +220,7 @@ def _make_folder(root: Path, case: str) -> None:
         ("mixed_channels", "5.png: shape (3, 8, 8)"),
         ("mixed_sizes", "6.png: shape (1, 9, 8)"),
         ("empty_class", "c: class folder has no images"),
-        ("too_small", "too few for finetune.sample_rate"),
+        ("too_small", "too small for finetune.sample_rate"),
     ],
 )
 def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message):
@@ -227,7 +228,10 @@ def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message
     from easyhard.data import DataError
 
     _make_folder(tmp_path / "imgs", case)
-    override = {"data": {"name": "folder", "root": "imgs"}, "privacy": {"delta": 1e-3}}
+    override = {
+        "data": {"name": "folder", "root": "imgs"},
+        "privacy": {"delta": 1e-3, "dataset_size": 20},
+    }
     if case == "too_small":
         override["finetune"] = {"sample_rate": 0.01}
     write_params(tmp_path, merge(TINY, override))
@@ -244,7 +248,8 @@ def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message
 
 
 def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
-    """finetune.processes=2 relaunches the stage under torchrun: same ledger, same weights."""
+    """finetune.processes=2 relaunches the stage under torchrun: same ledger, same weights
+    (seeded mode; in secure mode the ranks share rank 0's secret key: tests/test_distributed.py)."""
     import shutil
 
     import torch
@@ -258,10 +263,12 @@ def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
         shutil.copytree(tiny_run / "data" / "prepared", root / "data" / "prepared")
         for part in ("central", "pretrain"):
             shutil.copytree(tiny_run / "runs/dpfeta" / part, root / "runs/dpfeta" / part)
-        write_params(root, merge(TINY, {"finetune": {"processes": n}}))
+        # seeded: both runs must draw the same masks and noise to be compared
+        over = {"finetune": {"processes": n}, "privacy": {"randomness": "seeded"}}
+        write_params(root, merge(TINY, over))
         params = load_params(root / "params.yaml")
         out = finetune(params, Paths(root), "dpfeta")
-        model = torch.load(root / "runs/dpfeta/finetune/model.pt", weights_only=False)
+        model = torch.load(root / "runs/dpfeta/finetune/model.pt", weights_only=True)
         results[n] = (out["ledger"].to_dict(), model["state_dict"], out["history"])
     (ledger1, weights1, hist1), (ledger2, weights2, hist2) = results[1], results[2]
     assert ledger1 == ledger2

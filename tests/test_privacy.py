@@ -223,7 +223,9 @@ def test_ledger_roundtrip(tmp_path: Path) -> None:
         "accountant",
         "mechanisms",
         "epsilon_by_accountant",
+        "private",
     }
+    assert data["private"] is True
     assert set(data["epsilon_by_accountant"]) == set(ACCOUNTANTS)
     assert data["epsilon"] == data["epsilon_by_accountant"]["pld"] == ledger.epsilon()
     loaded = Ledger.load(path)

@@ -30,7 +30,7 @@ def test_profile_validates_and_network_has_the_published_size(name):
     p, meta = s["params"], s["meta"]
     assert p.device == "cuda" and p.compute.precision == "auto"
     assert p.finetune.clip == 1.0 and p.edm.noise_multiplicity == 32
-    n = meta["train_size"]
+    n = p.privacy.dataset_size
     assert p.privacy.delta < 1 / n
     shape = tuple(meta["image_shape"])
     # expected DP batch: 4096 (DPImageBench, every dataset)

@@ -3,6 +3,7 @@
 ``python -m easyhard.privacy plan ...`` plans a budget; ``... epsilon LEDGER.json`` rechecks one.
 """
 
+from easyhard.privacy import spend
 from easyhard.privacy.accounting import (
     ACCOUNTANTS,
     Mechanism,
@@ -20,5 +21,6 @@ __all__ = [
     "PrivacyBudgetError",
     "calibrate_noise_multiplier",
     "compose_epsilon",
+    "spend",
     "steps_for_epochs",
 ]

@@ -3,6 +3,7 @@
 python -m easyhard.privacy plan --epsilon 10 --delta 1e-5 --central 5,0.2,20 \\
     --sample-rate 0.1 --epochs 20 [--accountant prv|pld|rdp] [--out ledger.json]
 python -m easyhard.privacy epsilon ledger.json [--accountant prv|pld|rdp]
+python -m easyhard.privacy total [--root .] [--delta D] [--accountant A] [--all]
 
 Bad input prints one error line on stderr and exits with status 2.
 """
@@ -75,6 +76,16 @@ def _parser() -> _Parser:
     eps = sub.add_parser("epsilon", help="recompute the epsilon of a ledger file")
     eps.add_argument("ledger", help="ledger JSON file")
     eps.add_argument("--accountant", choices=ACCOUNTANTS, default=None)
+
+    tot = sub.add_parser(
+        "total", help="compose every release made from each sensitive dataset (the spend log)"
+    )
+    tot.add_argument("--root", default=".", help="repository root (default: .)")
+    tot.add_argument("--delta", type=float, default=None, help="default: params.yaml's")
+    tot.add_argument("--accountant", choices=ACCOUNTANTS, default=None)
+    tot.add_argument(
+        "--all", action="store_true", help="compose every release, whatever data it came from"
+    )
     return parser
 
 
@@ -142,11 +153,68 @@ def _epsilon(args: argparse.Namespace) -> None:
     print(f"epsilon={record['epsilon']!r}")
 
 
+def _total(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from easyhard.privacy import spend
+
+    root = Path(args.root)
+    params = {}
+    if (root / "params.yaml").is_file():
+        params = (yaml.safe_load((root / "params.yaml").read_text()) or {}).get("privacy") or {}
+    delta = args.delta if args.delta is not None else params.get("delta")
+    if delta is None:
+        raise ValueError("no --delta given and no params.yaml with privacy.delta in --root")
+    accountant = args.accountant or params.get("accountant", "prv")
+    folder = spend.spend_dir(root)
+    rels = spend.releases(folder)
+    if not rels:
+        raise ValueError(f"no releases recorded in {folder}")
+    datasets = [None] if args.all else sorted({r.dataset for r in rels})
+    current = None
+    train = root / "data" / "prepared" / "train.npz"
+    if not args.all and train.is_file():
+        from easyhard.data import load_npz
+
+        t = load_npz(train)
+        current = spend.fingerprint(t.x, t.y, folder)
+    print(f"spend log: {folder} ({len(rels)} releases)")
+    totals = {}
+    for ds in datasets:
+        tot = spend.total(folder, delta=delta, accountant=accountant, dataset=ds)
+        label = "every dataset" if ds is None else f"dataset {ds[:12]}"
+        if ds is not None and ds == current:
+            label += " (data/prepared/train.npz)"
+        print(f"\n{label}:")
+        print(f"  {'method':<10} {'stage':<10} {'private':<8} mechanisms")
+        for r in spend.releases(folder, ds):
+            mechs = ", ".join(
+                f"{m.name}(sigma={m.noise_multiplier:.4g}, q={m.sample_rate:g}, T={m.steps})"
+                for m in r.mechanisms
+            )
+            print(f"  {r.method:<10} {r.stage:<10} {str(r.private).lower():<8} {mechs}")
+        note = (
+            f"; {tot.non_private} seeded (non-private) release(s): no guarantee"
+            if tot.non_private
+            else ""
+        )
+        print(
+            f"  total epsilon ({accountant}, delta={delta:g}) over {tot.releases} releases: "
+            f"{tot.epsilon:.4f}{note}"
+        )
+        totals[ds] = tot
+    # the last line: this repository's current dataset, else the most spent on any one dataset
+    last = totals[current] if current in totals else max(totals.values(), key=lambda t: t.epsilon)
+    print(f"epsilon={last.epsilon!r}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 on bad input)."""
     try:
         args = _parser().parse_args(argv)
-        {"plan": _plan, "epsilon": _epsilon}[args.command](args)
+        {"plan": _plan, "epsilon": _epsilon, "total": _total}[args.command](args)
     except (_UsageError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-ACCOUNTANTS = ("prv", "pld", "rdp")
+from easyhard.config import ACCOUNTANTS
 
 #: PRV: absolute epsilon error of the first pass, then relative target and floor (_prv_epsilon).
 PRV_EPS_ERROR = 0.01

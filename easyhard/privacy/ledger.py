@@ -16,18 +16,23 @@ from easyhard.privacy.accounting import (
     compose_epsilon,
 )
 
-_FIELDS = ("delta", "target_epsilon", "accountant", "mechanisms")
+_FIELDS = ("delta", "target_epsilon", "accountant", "mechanisms", "private")
 _DERIVED = ("epsilon", "epsilon_by_accountant")
 
 
 @dataclass
 class Ledger:
-    """Privacy record of a run: target (epsilon, delta) and the mechanisms spent so far."""
+    """Privacy record of a run: target (epsilon, delta) and the mechanisms spent so far.
+
+    ``private`` is False when the noise came from the public seed (``privacy.randomness: seeded``):
+    the accounting is then what the mechanisms *would* cost, but the release protects nothing.
+    """
 
     delta: float
     target_epsilon: float
     accountant: str = "prv"
     mechanisms: list[Mechanism] = field(default_factory=list)
+    private: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
@@ -40,6 +45,8 @@ class Ledger:
             raise ValueError(f"target_epsilon must be > 0 and finite, got {self.target_epsilon!r}")
         if self.accountant not in ACCOUNTANTS:
             raise ValueError(f"unknown accountant {self.accountant!r}; choose one of {ACCOUNTANTS}")
+        if not isinstance(self.private, bool):
+            raise ValueError(f"private must be true or false, got {self.private!r}")
         self.mechanisms = list(self.mechanisms)
         for m in self.mechanisms:
             if not isinstance(m, Mechanism):
@@ -75,6 +82,7 @@ class Ledger:
             "accountant": self.accountant,
             "mechanisms": [m.to_dict() for m in self.mechanisms],
             "epsilon_by_accountant": by_acc,
+            "private": self.private,
         }
 
     @classmethod
@@ -96,6 +104,8 @@ class Ledger:
             target_epsilon=d["target_epsilon"],
             accountant=d.get("accountant", "prv"),
             mechanisms=[Mechanism.from_dict(m) for m in mechanisms],
+            # ledgers written before secret randomness existed used the public seed: not private
+            private=d.get("private", False),
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -29,8 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-#: Allowed values of ``privacy.randomness`` (config.py imports this tuple).
-RANDOMNESS = ("secure", "seeded")
+from easyhard.config import RANDOMNESS
 
 _TWO_POW_53 = float(2**53)
 
