@@ -1,21 +1,27 @@
-"""Sampler benchmark: FID and wall-clock cost against the number of network calls (NFE).
+"""Sampler benchmark: FID against the held-out real test images, per number of network calls (NFE).
 
 Loads one trained model (default: the DP-FETA fine-tuned model ``runs/dpfeta/finetune/model.pt``),
 draws the same ``--count`` class-balanced images (same seed, so the same initial noise) with each
-setting, and scores them with FID against the cached real Inception features
-(``data/fid_reference/real_features.npz``):
+setting, and scores them with FID against the Inception features of the held-out REAL TEST images
+(``data/prepared/test.npz``, computed here with ``easyhard.metrics.inception_features``; never the
+training images nor ``data/fid_reference``, which the pipeline's own FID uses):
 
-* ``dpmsolver`` (diffusers' multistep DPM-Solver++) at NFE 10, 20, 35, 79;
-* deterministic EDM Heun at NFE 35 (18 steps) and 79 (40 steps);
-* stochastic EDM Heun with churn at NFE 35, 79, 199 and 1999 (1000 steps: the paper-faithful
-  setting; EDM Algorithm 2 with DPImageBench's DP-FETA settings S_churn 10 in sigma in [0.025, 50];
-  ``--churn`` etc. to change). EDM spreads S_churn over the steps (gamma = S_churn / steps per
-  step, at most sqrt(2) - 1), so the total churn is comparable across step counts.
+* the reference: EDM stochastic Heun, 1000 steps (NFE 1999), S_churn 10 at sigma in [0.025, 50]
+  (DPImageBench's DP-FETA accuracy sampler; ``--churn`` etc. to change), and stochastic Heun at
+  100 / 40 steps (NFE 199 / 79);
+* few-step (NFE 10-35): stochastic Heun at 10 / 14 / 18 steps (same S_churn 10: with that few steps
+  gamma sits at EDM's sqrt(2) - 1 cap throughout the window, the most churn Algorithm 2 allows),
+  diffusers' SDE-DPM-Solver++(2M) at 10 / 20 / 35 steps, and Restart (Xu et al. 2023) with a few
+  main Heun steps plus K restarts, incl. the paper's interval [0.06, 0.30] (and its NFE-43 CIFAR-10
+  setting for comparison);
+* deterministic baselines: DPM-Solver++ at NFE 10 / 20 / 35 and Heun at NFE 35 / 79.
 
-Writes ``benchmarks/results/sampling.json`` and ``sampling_fid_vs_nfe.png``, prints markdown rows for
-the README table and the cheapest setting whose FID is within 5% of the most expensive one's.
+Writes ``benchmarks/results/sampling.json`` and ``sampling_fid_vs_nfe.png``, prints markdown rows
+for the README table, optionally a run-to-run check (``--repeat NAME``: that setting again with the
+next seed), and ends with exactly one line ``easyhard fewstep_nfe=N fid_ratio=R``: the cheapest
+setting whose FID is within 5% of the NFE-1999 reference's (R = FID / reference FID).
 
-    python benchmarks/sampling.py                        # full run (~15+ min on 2 CPU cores)
+    python benchmarks/sampling.py                        # full run
     python benchmarks/sampling.py --quick                # smoke test (< 90 s)
     python benchmarks/sampling.py --model runs/dpdm/finetune/model.pt --count 512
 """
@@ -27,7 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +45,16 @@ if str(ROOT) not in sys.path:  # runnable as a script whether or not easyhard is
     sys.path.insert(0, str(ROOT))
 
 from easyhard.config import SampleConfig  # noqa: E402
-from easyhard.edm import Denoiser, from_model, network_calls, sample  # noqa: E402
+from easyhard.edm import Denoiser, from_model  # noqa: E402
+from easyhard.samplers import network_calls, sample  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+TOLERANCE = 0.05
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One sampler configuration of the benchmark."""
+    """One sampler configuration of the benchmark (unset keys: :class:`SampleConfig` defaults)."""
 
     name: str
     sampler: str
@@ -55,21 +63,23 @@ class Setting:
     churn_tmin: float = 0.0
     churn_tmax: float | None = None
     churn_noise: float = 1.0
+    restart_k: int = 2
+    restart_steps: int = 2
+    restart_tmin: float = 0.06
+    restart_tmax: float = 0.3
 
     def config(self, base: SampleConfig) -> SampleConfig:
-        return replace(
-            base,
-            sampler=self.sampler,
-            steps=self.steps,
-            churn=self.churn,
-            churn_tmin=self.churn_tmin,
-            churn_tmax=self.churn_tmax,
-            churn_noise=self.churn_noise,
-        )
+        return replace(base, **{f.name: getattr(self, f.name) for f in fields(self)[1:]})
 
     @property
     def nfe(self) -> int:
-        return network_calls(SampleConfig(sampler=self.sampler, steps=self.steps))
+        return network_calls(self.config(SampleConfig()))
+
+
+def restart(name: str, steps: int, k: int, n: int, tmin: float, tmax: float) -> Setting:
+    """A Restart setting: ``steps`` main Heun steps, ``k`` restarts of ``n`` Heun steps."""
+    kw = dict(restart_k=k, restart_steps=n, restart_tmin=tmin, restart_tmax=tmax)
+    return Setting(name, "restart", steps, **kw)
 
 
 def default_settings(
@@ -79,30 +89,39 @@ def default_settings(
     churn_noise: float = 1.0,
     quick: bool = False,
 ) -> list[Setting]:
-    """The benchmark grid; ``quick``: NFE 10 / 35 and a 25-step churn reference (NFE 49).
-
-    The stochastic defaults are DPImageBench's DP-FETA accuracy sampler for 28 px (EDM Algorithm 2,
-    1000 steps, S_churn 10 applied for sigma in [0.025, 50], S_noise 1), as in ``profiles/``.
-    """
-    stochastic = dict(churn=churn, churn_tmin=churn_tmin, churn_tmax=churn_tmax)
-    stochastic["churn_noise"] = churn_noise
+    """The benchmark grid, the reference (most network calls) last; ``quick``: NFE 10-49."""
+    sto = dict(churn=churn, churn_tmin=churn_tmin, churn_tmax=churn_tmax, churn_noise=churn_noise)
     if quick:
         return [
             Setting("dpmsolver-10", "dpmsolver", 10),
-            Setting("heun-18", "heun", 18),
-            Setting("heun-churn-25", "heun", 25, **stochastic),
+            Setting("sde-dpmsolver-10", "sde-dpmsolver", 10),
+            restart("restart-7-k2x4", 7, 2, 4, 0.1, 1.0),
+            Setting("heun-churn-25", "heun", 25, **sto),
         ]
     return [
         Setting("dpmsolver-10", "dpmsolver", 10),
         Setting("dpmsolver-20", "dpmsolver", 20),
         Setting("dpmsolver-35", "dpmsolver", 35),
-        Setting("dpmsolver-79", "dpmsolver", 79),
         Setting("heun-18", "heun", 18),
         Setting("heun-40", "heun", 40),
-        Setting("heun-churn-18", "heun", 18, **stochastic),
-        Setting("heun-churn-40", "heun", 40, **stochastic),
-        Setting("heun-churn-100", "heun", 100, **stochastic),
-        Setting("heun-churn-1000", "heun", 1000, **stochastic),
+        Setting("sde-dpmsolver-10", "sde-dpmsolver", 10),
+        Setting("sde-dpmsolver-20", "sde-dpmsolver", 20),
+        Setting("sde-dpmsolver-35", "sde-dpmsolver", 35),
+        Setting("heun-churn-10", "heun", 10, **sto),
+        Setting("heun-churn-14", "heun", 14, **sto),
+        Setting("heun-churn-18", "heun", 18, **sto),
+        # Restart: few main steps + K restarts; chosen for strong error contraction at moderate
+        # discretisation error on Gaussian toys (exact moments; see tests/gaussian_toy.py)
+        restart("restart-10-k2x2", 10, 2, 2, 0.06, 0.3),  # the paper's interval, NFE 27
+        restart("restart-7-k2x4", 7, 2, 4, 0.1, 1.0),  # NFE 29
+        restart("restart-8-k2x4", 8, 2, 4, 0.1, 1.0),  # NFE 31
+        restart("restart-10-k2x4", 10, 2, 4, 0.1, 1.0),  # NFE 35
+        restart("restart-10-k4x2", 10, 4, 2, 0.1, 0.5),  # NFE 35
+        restart("restart-10-k2x4-wide", 10, 2, 4, 0.1, 2.0),  # NFE 35
+        restart("restart-18-k2x2", 18, 2, 2, 0.06, 0.3),  # Xu et al.'s CIFAR-10 setting, NFE 43
+        Setting("heun-churn-40", "heun", 40, **sto),
+        Setting("heun-churn-100", "heun", 100, **sto),
+        Setting("heun-churn-1000", "heun", 1000, **sto),
     ]
 
 
@@ -124,6 +143,33 @@ def draw(
     return torch.cat(chunks).cpu().numpy(), seconds
 
 
+def score(
+    denoiser: Denoiser,
+    labels: torch.Tensor,
+    shape: tuple[int, int, int],
+    real_features: np.ndarray,
+    setting: Setting,
+    base: SampleConfig,
+    seed: int,
+    batch_size: int,
+    features: Callable[[np.ndarray], np.ndarray],
+) -> dict[str, Any]:
+    """One row: the setting's keys, NFE, FID vs ``real_features``, seconds (per 1,000 images)."""
+    from easyhard.metrics import fid_from_features
+
+    cfg = setting.config(base)
+    x, seconds = draw(denoiser, labels, shape, cfg, seed, batch_size)
+    return {
+        **asdict(setting),
+        "nfe": network_calls(cfg),
+        "fid": fid_from_features(real_features, features(x)),
+        "seconds": seconds,
+        "seconds_per_1000": seconds / len(labels) * 1000.0,
+        "count": len(labels),
+        "seed": seed,
+    }
+
+
 def run_benchmark(
     denoiser: Denoiser,
     shape: tuple[int, int, int],
@@ -136,15 +182,16 @@ def run_benchmark(
     batch_size: int = 128,
     features: Callable[[np.ndarray], np.ndarray] | None = None,
     log: Callable[[str], None] = print,
+    repeat: str | None = None,
 ) -> dict[str, Any]:
     """Sample ``count`` class-balanced images per setting and score them.
 
     ``features`` maps NCHW [0, 1] images to feature rows comparable with ``real_features``
-    (default: clean-fid Inception features). Returns ``{"rows": [...], "reference", "cheapest"}``:
-    one row per setting (NFE, FID, seconds per 1,000 images); ``reference`` is the setting with the
-    most network calls, ``cheapest`` the one with the fewest calls whose FID is within 5% of it.
+    (default: clean-fid Inception features). Returns ``{"rows": [...], "reference", "cheapest",
+    "fid_ratio", ...}`` (:func:`pick_cheapest`). ``repeat``: a setting name, or ``"cheapest"``,
+    to draw again with ``seed + 1`` (``"run_to_run"``: both FIDs and their relative difference).
     """
-    from easyhard.metrics import fid_from_features, inception_features
+    from easyhard.metrics import inception_features
     from easyhard.stages import balanced_labels
 
     if count < 2:
@@ -154,44 +201,77 @@ def run_benchmark(
     labels = torch.as_tensor(balanced_labels(count, n_classes))
     warm = labels[:batch_size]  # one untimed call: lazy initialisation is not the sampler's cost
     draw(denoiser, warm, shape, replace(base, sampler="euler", steps=1), seed, batch_size)
+    common = (denoiser, labels, shape, real_features)
     rows = []
     for s in settings:
-        cfg = s.config(base)
-        x, seconds = draw(denoiser, labels, shape, cfg, seed, batch_size)
-        fid = fid_from_features(real_features, feats(x))
-        row = {
-            **asdict(s),
-            "nfe": network_calls(cfg),
-            "fid": fid,
-            "seconds": seconds,
-            "seconds_per_1000": seconds / count * 1000.0,
-            "count": count,
-        }
+        row = score(*common, s, base, seed, batch_size, feats)
         rows.append(row)
+        nfe, fid, per_1k = row["nfe"], row["fid"], row["seconds_per_1000"]
+        log(f"{s.name:>22}: NFE {nfe:>4}  FID {fid:9.3f}  {per_1k:9.1f} s/1k")
+    result = {"rows": rows, **pick_cheapest(rows)}
+    if repeat is not None:
+        name = result["cheapest"] if repeat == "cheapest" else repeat
+        first = next(r for r in rows if r["name"] == name)
+        s = next(s for s in settings if s.name == name)
+        again = score(*common, s, base, seed + 1, batch_size, feats)
+        result["run_to_run"] = run_to_run(first, again)
         log(
-            f"{s.name:>18}: NFE {row['nfe']:>4}  FID {fid:9.3f}  {row['seconds_per_1000']:9.1f} s/1k"
+            f"run-to-run {name}: FID {first['fid']:.3f} (seed {seed}) vs {again['fid']:.3f} "
+            f"(seed {seed + 1}): {100 * result['run_to_run']['rel_diff']:.1f}% apart"
         )
-    return {"rows": rows, **pick_cheapest(rows)}
+    return result
 
 
-def pick_cheapest(rows: Sequence[dict[str, Any]], tolerance: float = 0.05) -> dict[str, Any]:
-    """The reference (most network calls) and the cheapest row with FID <= (1 + tol) * its FID."""
+def run_to_run(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two rows of one setting with different seeds: their FIDs and |a - b| / mean."""
+    fids = [a["fid"], b["fid"]]
+    return {
+        "name": a["name"],
+        "seeds": [a["seed"], b["seed"]],
+        "fid": fids,
+        "rel_diff": abs(fids[0] - fids[1]) / (0.5 * (fids[0] + fids[1])),
+    }
+
+
+def pick_cheapest(rows: Sequence[dict[str, Any]], tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """The reference (most network calls) and the cheapest row with FID <= (1 + tol) * its FID;
+    ``fid_ratio`` = that row's FID / the reference FID."""
     ref = max(rows, key=lambda r: (r["nfe"], r["seconds"]))
     ok = [r for r in rows if r["fid"] <= (1.0 + tolerance) * ref["fid"]]
     cheapest = min(ok, key=lambda r: (r["nfe"], r["seconds"]))
-    return {"reference": ref["name"], "cheapest": cheapest["name"], "tolerance": tolerance}
+    return {
+        "reference": ref["name"],
+        "cheapest": cheapest["name"],
+        "tolerance": tolerance,
+        "fid_ratio": cheapest["fid"] / ref["fid"],
+    }
+
+
+def summary_line(result: dict[str, Any]) -> str:
+    """The benchmark's last line: ``easyhard fewstep_nfe=N fid_ratio=R``."""
+    best = next(r for r in result["rows"] if r["name"] == result["cheapest"])
+    return f"easyhard fewstep_nfe={best['nfe']} fid_ratio={result['fid_ratio']:.3f}"
+
+
+def describe(r: dict[str, Any]) -> str:
+    """The sampler column of the README table."""
+    if r["sampler"] == "restart":
+        k, n, lo, hi = (r[f"restart_{x}"] for x in ("k", "steps", "tmin", "tmax"))
+        return f"restart, K={k} x {n} Heun steps in [{lo:g}, {hi:g}]"
+    return r["sampler"] + (f", S_churn {r['churn']:g}" if r["churn"] > 0 else "")
 
 
 def markdown_rows(result: dict[str, Any]) -> list[str]:
-    """Rows for README's sampling table: | setting | sampler | steps | NFE | FID | s / 1k images |."""
-    out = []
-    for r in result["rows"]:
-        churn = f", S_churn {r['churn']:g}" if r["churn"] > 0 else ""
-        out.append(
-            f"| {r['name']} | {r['sampler']}{churn} | {r['steps']} | {r['nfe']} | "
-            f"{r['fid']:.1f} | {r['seconds_per_1000']:.0f} |"
-        )
-    return out
+    """README's sampling table rows: | setting | sampler | steps | NFE | FID | s / 1k images |."""
+    return [
+        f"| {r['name']} | {describe(r)} | {r['steps']} | {r['nfe']} | "
+        f"{r['fid']:.1f} | {r['seconds_per_1000']:.0f} |"
+        for r in result["rows"]
+    ]
+
+
+def family(r: dict[str, Any]) -> str:
+    return r["sampler"] + (" + churn" if r["churn"] > 0 else "")
 
 
 def fid_vs_nfe_figure(result: dict[str, Any]):
@@ -199,50 +279,69 @@ def fid_vs_nfe_figure(result: dict[str, Any]):
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 4.0))
     families: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        key = r["sampler"] + (" + churn" if r["churn"] > 0 else "")
-        families.setdefault(key, []).append(r)
+        families.setdefault(family(r), []).append(r)
     for key, rs in families.items():
         rs = sorted(rs, key=lambda r: r["nfe"])
-        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], "o-", label=key)
+        style = "o" if key == "restart" else "o-"  # restart settings differ in more than NFE
+        ax.plot([r["nfe"] for r in rs], [r["fid"] for r in rs], style, label=key)
     ref = next(r for r in rows if r["name"] == result["reference"])
     band = (1 + result["tolerance"]) * ref["fid"]
     ax.axhline(band, color="grey", ls="--", lw=1, label=f"{ref['name']} FID + 5%")
     ax.set_xscale("log")
     nfes = sorted({r["nfe"] for r in rows})
-    ax.set_xticks(nfes, [str(n) for n in nfes])
+    ax.set_xticks(nfes, [str(n) for n in nfes], fontsize=7, rotation=90)
     ax.minorticks_off()
     ax.set_xlabel("network calls per image (NFE)")
-    ax.set_ylabel(f"FID ({rows[0]['count']} images)")
+    ax.set_ylabel(f"FID vs real test images ({rows[0]['count']} samples)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
+def test_features(path: Path, count: int | None, seed: int) -> np.ndarray:
+    """Inception features of the held-out real test images (``count``: a seeded random subset)."""
+    from easyhard.data import load_npz
+    from easyhard.metrics import inception_features
+
+    x = load_npz(path).x
+    if count is not None and count < len(x):
+        x = x[np.sort(np.random.default_rng(seed).permutation(len(x))[:count])]
+    return inception_features(x, progress=False)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from easyhard.checkpoint import load_model
     from easyhard.io import save_figure, write_json
-    from easyhard.metrics import load_features
     from easyhard.stages import Paths, find_root
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", help="model file (default: runs/METHOD/finetune/model.pt)")
     p.add_argument("--method", default="dpfeta", help="run whose fine-tuned model to load")
-    p.add_argument("--real-features", help="default: data/fid_reference/real_features.npz")
+    p.add_argument(
+        "--real-images", help="held-out real test images (default: data/prepared/test.npz)"
+    )
+    p.add_argument("--real-count", type=int, help="use a random subset of this many test images")
     p.add_argument("--count", type=int, default=256, help="images per setting (class-balanced)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--churn", type=float, default=10.0, help="S_churn of the NFE-1999 setting")
+    p.add_argument("--churn", type=float, default=10.0, help="S_churn of the stochastic Heun rows")
     p.add_argument("--churn-tmin", type=float, default=0.025, help="S_tmin")
     p.add_argument("--churn-tmax", type=float, default=50.0, help="S_tmax")
     p.add_argument("--churn-noise", type=float, default=1.0, help="S_noise")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default=str(RESULTS), help="folder for sampling.json and the plot")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20 images, NFE 10/35/49")
+    p.add_argument("--quick", action="store_true", help="smoke test: 20 images, NFE 10-49")
+    p.add_argument(
+        "--repeat",
+        default="cheapest",
+        help="run this setting again with --seed + 1 to state run-to-run noise "
+        "(default 'cheapest': the chosen setting; 'none': skip)",
+    )
     p.add_argument(
         "--only",
         default=None,
@@ -251,16 +350,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
 
+    count = 20 if args.quick else args.count
+    real_count = args.real_count or (50 if args.quick else None)
     try:
         paths = Paths(find_root(ROOT))
         model = Path(args.model) if args.model else paths.model(args.method, "finetune")
-        real_path = Path(args.real_features) if args.real_features else paths.fid_real
-        real = load_features(real_path)
+        real_path = Path(args.real_images) if args.real_images else paths.test
         den, blob = load_model(model, device=args.device)
+        real = test_features(real_path, real_count, args.seed)
     except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e} (run `dvc repro` first, or pass --model / --real-features)")
+        print(f"error: {e} (run `dvc repro` first, or pass --model / --real-images)")
         return 2
-    count = 20 if args.quick else args.count
     settings = default_settings(
         args.churn, args.churn_tmin, args.churn_tmax, args.churn_noise, quick=args.quick
     )
@@ -271,9 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: unknown setting(s) {', '.join(unknown)}")
             return 2
         settings = [s for s in settings if s.name in wanted]
+    repeat = None if args.repeat == "none" else args.repeat
+    if repeat not in (None, "cheapest", *(s.name for s in settings)):
+        print(f"error: --repeat {repeat} is not one of the settings run")
+        return 2
     print(
         f"model {model} ({sum(p.numel() for p in den.parameters()):,} parameters), {count} images "
-        f"per setting, {len(real)} real feature rows, torch threads {torch.get_num_threads()}"
+        f"per setting, FID vs {len(real)} real test images ({real_path}), "
+        f"torch threads {torch.get_num_threads()}"
     )
     result = run_benchmark(
         den,
@@ -285,10 +390,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         base=SampleConfig(guidance=args.guidance),
         seed=args.seed,
         batch_size=args.batch_size,
+        repeat=repeat,
     )
     result.update(
         model=str(model),
-        real_features=str(real_path),
+        real_images=str(real_path),
+        real_count=len(real),
         quick=args.quick,
         device=args.device,
         torch_threads=torch.get_num_threads(),
@@ -297,11 +404,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out)
     if args.only and (out / "sampling.json").is_file():
         old = json.loads((out / "sampling.json").read_text())
+        same = ("model", "real_images", "real_count", "guidance")
+        if any(old.get(k) != result[k] for k in same) or old["rows"][0]["count"] != count:
+            print(f"error: {out / 'sampling.json'} was scored with other settings; rerun all")
+            return 2
         new = {r["name"]: r for r in result["rows"]}
         rows = [new.pop(r["name"], r) for r in old["rows"]] + list(new.values())
         grid = [s.name for s in default_settings()]
         rows.sort(key=lambda r: grid.index(r["name"]) if r["name"] in grid else len(grid))
-        result = {**old, "rows": rows, **pick_cheapest(rows)}
+        result = {**old, **result, "rows": rows, **pick_cheapest(rows)}
     write_json(out / "sampling.json", result)
     save_figure(fid_vs_nfe_figure(result), out / "sampling_fid_vs_nfe.png")
     ref = next(r for r in result["rows"] if r["name"] == result["reference"])
@@ -313,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(NFE {best['nfe']}, FID {best['fid']:.2f}, {best['seconds_per_1000']:.0f} s / 1k images)"
     )
     print(f"wrote {out / 'sampling.json'} and {out / 'sampling_fid_vs_nfe.png'}")
+    print(summary_line(result))
     return 0
 
 

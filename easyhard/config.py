@@ -31,6 +31,7 @@ OFFICIAL_SPLITS = ("mnist", "fashion_mnist", "cifar10", "celeba", "camelyon")
 CLASSIFIERS = ("cnn", "resnet", "logreg")  # downstream classifiers (easyhard.metrics.utility)
 ACCOUNTANTS = ("prv", "pld", "rdp")  # easyhard.privacy.accounting
 RANDOMNESS = ("secure", "seeded")  # easyhard.privacy.randomness: where DP noise and masks come from
+SAMPLERS = ("heun", "euler", "dpmsolver", "sde-dpmsolver", "restart")  # easyhard.samplers.sample
 
 
 class ConfigError(ValueError):
@@ -240,7 +241,16 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """How the synthetic dataset is drawn from the fine-tuned model."""
+    """How the synthetic dataset is drawn from the fine-tuned model (see :mod:`easyhard.samplers`).
+
+    ``sampler``: ``heun`` / ``euler`` (EDM Algorithm 2; stochastic when ``churn`` > 0, with EDM's
+    S_churn, S_tmin, S_tmax, S_noise = ``churn``, ``churn_tmin``, ``churn_tmax``, ``churn_noise``),
+    ``dpmsolver`` / ``sde-dpmsolver`` (diffusers' multistep DPM-Solver++, deterministic /
+    stochastic) or ``restart`` (Xu et al. 2023: ``steps`` Heun steps, and after the step that
+    reaches the noise level nearest ``restart_tmin``, ``restart_k`` restarts that add noise up to
+    ``restart_tmax`` and integrate back down in ``restart_steps`` Heun steps). The ``restart_*``
+    keys only act on ``restart``; ``churn`` must be 0 for every sampler but ``heun`` / ``euler``.
+    """
 
     count: int = 1000
     sampler: str = "heun"
@@ -250,6 +260,10 @@ class SampleConfig:
     churn_tmin: float = 0.0
     churn_tmax: float | None = None
     churn_noise: float = 1.0
+    restart_k: int = 2
+    restart_steps: int = 2
+    restart_tmin: float = 0.06
+    restart_tmax: float = 0.3
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
@@ -257,15 +271,15 @@ class SampleConfig:
 
     def __post_init__(self) -> None:
         _positive("sample.count", self.count)
-        _choice("sample.sampler", self.sampler, ("heun", "euler", "dpmsolver"))
+        _choice("sample.sampler", self.sampler, SAMPLERS)
         _positive("sample.steps", self.steps)
         if self.guidance < 0:
             raise ConfigError(f"sample.guidance must be >= 0, got {self.guidance}")
         if self.churn < 0:
             raise ConfigError(f"sample.churn must be >= 0, got {self.churn}")
-        if self.churn > 0 and self.sampler == "dpmsolver":
+        if self.churn > 0 and self.sampler not in ("heun", "euler"):
             raise ConfigError(
-                "sample.churn must be 0 with sample.sampler=dpmsolver (deterministic)"
+                f"sample.churn must be 0 with sample.sampler={self.sampler} (heun/euler only)"
             )
         if self.churn_tmin < 0:
             raise ConfigError(f"sample.churn_tmin must be >= 0, got {self.churn_tmin}")
@@ -277,6 +291,21 @@ class SampleConfig:
             raise ConfigError("sample.sigma_max must be > sample.sigma_min")
         _positive("sample.rho", self.rho)
         _positive("sample.batch_size", self.batch_size)
+        if self.restart_k < 0:
+            raise ConfigError(f"sample.restart_k must be >= 0, got {self.restart_k}")
+        _positive("sample.restart_steps", self.restart_steps)
+        _positive("sample.restart_tmin", self.restart_tmin)
+        if not self.restart_tmax > self.restart_tmin:
+            raise ConfigError("sample.restart_tmax must be > sample.restart_tmin")
+        if self.sampler == "restart":
+            if not (self.sigma_min <= self.restart_tmin and self.restart_tmax <= self.sigma_max):
+                lo, hi = self.restart_tmin, self.restart_tmax
+                raise ConfigError(
+                    f"sample.restart_tmin, restart_tmax must lie in [sigma_min, sigma_max] "
+                    f"[{self.sigma_min}, {self.sigma_max}], got {lo}, {hi}"
+                )
+            if self.steps < 2:
+                raise ConfigError("sample.steps must be >= 2 with sample.sampler=restart")
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,20 @@
-"""EDM (Karras et al. 2022): preconditioning, the per-example loss with noise multiplicity, samplers.
+"""EDM (Karras et al. 2022): preconditioning and the per-example loss with noise multiplicity.
 
 Images live in [-1, 1] inside the diffusion model (``to_model`` / ``from_model`` convert from [0, 1]).
 The denoiser is ``D(x; sigma) = c_skip x + c_out F(c_in x, c_noise)`` with the network ``F``.
+The samplers that drive it are in :mod:`easyhard.samplers`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from easyhard.config import EDMConfig, SampleConfig
+from easyhard.config import EDMConfig
 
 
 def to_model(x: Tensor) -> Tensor:
@@ -121,149 +122,23 @@ def edm_loss(
     return per_draw.mean(1)
 
 
-def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
-    """EDM's time steps sigma_0 > ... > sigma_{N-1} = sigma_min, followed by sigma_N = 0."""
-    i = torch.arange(steps, dtype=torch.float64)
-    if steps == 1:
-        t = torch.tensor([sigma_max], dtype=torch.float64)
-    else:
-        inv = 1.0 / rho
-        t = (sigma_max**inv + i / (steps - 1) * (sigma_min**inv - sigma_max**inv)) ** rho
-    return torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+_MOVED = (
+    "karras_sigmas",
+    "guided",
+    "_initial_noise",
+    "sample",
+    "sample_dpmsolver",
+    "dpmsolver_scheduler",
+    "network_calls",
+)
 
 
-def guided(denoiser: Denoiser, x: Tensor, sigma: Tensor, labels: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guidance D_u + w (D_c - D_u), both passes in one batched forward.
+def __getattr__(name: str) -> Any:
+    """Transition only: the samplers moved to :mod:`easyhard.samplers`; old imports keep working
+    (``easyhard.stages`` still imports ``sample`` / ``network_calls`` from here) until they are
+    updated. Lazy, so that ``easyhard.samplers`` can import this module."""
+    if name in _MOVED:
+        from easyhard import samplers
 
-    ``guidance == 1`` is the plain conditional model (one pass); ``0`` the unconditional one.
-    """
-    sig = sigma.expand(len(x)) if sigma.dim() == 0 else sigma
-    null = torch.full_like(labels, denoiser.null_label)
-    if guidance == 1.0:
-        return denoiser(x, sig, labels)
-    if guidance == 0.0:
-        return denoiser(x, sig, null)
-    d = denoiser(torch.cat([x, x]), torch.cat([sig, sig]), torch.cat([labels, null]))
-    d_cond, d_uncond = d.chunk(2)
-    return d_uncond + guidance * (d_cond - d_uncond)
-
-
-def _initial_noise(
-    n: int, shape: tuple[int, int, int], sigma_max: float, generator: torch.Generator | None
-) -> Tensor:
-    """x_0 = sigma_max * n, n ~ N(0, I), in float64 (every sampler starts from the same draw)."""
-    return torch.randn(n, *shape, generator=generator, dtype=torch.float64) * sigma_max
-
-
-@torch.no_grad()
-def sample(
-    denoiser: Denoiser,
-    labels: Tensor,
-    shape: tuple[int, int, int],
-    cfg: SampleConfig,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Draw images with ``cfg.sampler``: EDM Heun / Euler (Karras et al. 2022, Algorithm 2, with
-    optional churn) or diffusers' multistep DPM-Solver++ (``dpmsolver``).
-
-    Returns images in model range [-1, 1] (not clamped). Network calls per image: see
-    :func:`network_calls` (guidance not in {0, 1} doubles the batch of each call, not the count).
-    """
-    if cfg.sampler == "dpmsolver":
-        return sample_dpmsolver(denoiser, labels, shape, cfg, generator)
-    device = next(denoiser.parameters()).device
-    t = karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-    x = _initial_noise(len(labels), shape, float(t[0]), generator).to(device)
-    labels = labels.to(device)
-    gamma_max = min(cfg.churn / cfg.steps, math.sqrt(2.0) - 1.0)
-    t_max = math.inf if cfg.churn_tmax is None else cfg.churn_tmax
-
-    def d(xx: Tensor, s: float) -> Tensor:
-        sig = torch.full((len(xx),), s, dtype=torch.float32, device=device)
-        return guided(denoiser, xx.float(), sig, labels, cfg.guidance).double()
-
-    for i in range(cfg.steps):
-        t_cur, t_next = float(t[i]), float(t[i + 1])
-        gamma = gamma_max if cfg.churn > 0 and cfg.churn_tmin <= t_cur <= t_max else 0.0
-        t_hat = t_cur * (1.0 + gamma)
-        if gamma > 0:
-            eps = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(device)
-            x = x + cfg.churn_noise * math.sqrt(t_hat**2 - t_cur**2) * eps
-        d_cur = (x - d(x, t_hat)) / t_hat
-        x_next = x + (t_next - t_hat) * d_cur
-        if cfg.sampler == "heun" and t_next > 0:
-            d_next = (x_next - d(x_next, t_next)) / t_next
-            x_next = x + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_next)
-        x = x_next
-    return x.float()
-
-
-def dpmsolver_scheduler(cfg: SampleConfig, sigma_data: float, solver_order: int = 2):
-    """diffusers' ``EDMDPMSolverMultistepScheduler`` set up for ``cfg.steps`` network calls.
-
-    Its conventions match ours: the state is the unscaled x = y + sigma n (``alpha_t = 1``), the
-    noise levels are EDM's Karras schedule (``sigma_max ... sigma_min``, ``rho``) followed by a
-    final sigma of 0 (``final_sigmas_type="zero"``: the last step returns D(x; sigma_min)), and
-    it rebuilds D from a raw output F as ``c_skip x + c_out F`` with our ``c_skip`` / ``c_out``
-    (``prediction_type="epsilon"``; it refuses ``"sample"``), ``c_in`` and ``c_noise = ln(sigma)/4``.
-    """
-    from diffusers import EDMDPMSolverMultistepScheduler
-
-    sched = EDMDPMSolverMultistepScheduler(
-        sigma_min=cfg.sigma_min,
-        sigma_max=cfg.sigma_max,
-        sigma_data=sigma_data,
-        sigma_schedule="karras",
-        prediction_type="epsilon",
-        rho=cfg.rho,
-        solver_order=solver_order,
-        algorithm_type="dpmsolver++",
-        solver_type="midpoint",
-        lower_order_final=True,
-        final_sigmas_type="zero",
-    )
-    sched.set_timesteps(cfg.steps)
-    sched.set_begin_index(0)
-    return sched
-
-
-@torch.no_grad()
-def sample_dpmsolver(
-    denoiser: Denoiser,
-    labels: Tensor,
-    shape: tuple[int, int, int],
-    cfg: SampleConfig,
-    generator: torch.Generator | None = None,
-    solver_order: int = 2,
-) -> Tensor:
-    """Multistep DPM-Solver++ (diffusers' ``EDMDPMSolverMultistepScheduler``) on our denoiser.
-
-    One (guided, batched) denoiser call per step: ``cfg.steps`` network calls per image. The
-    scheduler takes the raw network output F, so the guided D is converted to
-    F = (D - c_skip x) / c_out at the scheduler's own sigma (c_out > 0 at every sigma it queries);
-    it recombines c_skip x + c_out F = D. Starts from the same noise as :func:`sample`.
-    """
-    if cfg.churn > 0:
-        raise ValueError("sampler 'dpmsolver' is deterministic: sample.churn must be 0")
-    device = next(denoiser.parameters()).device
-    sd = denoiser.sigma_data
-    sched = dpmsolver_scheduler(cfg, sd, solver_order)
-    sigmas = sched.sigmas  # float32, [steps + 1], last one 0
-    x = _initial_noise(len(labels), shape, float(sigmas[0]), generator).to(device)
-    labels = labels.to(device)
-    for i, t in enumerate(sched.timesteps):
-        s = sigmas[i]  # float32 0-d, as the scheduler uses it to rebuild D
-        sig = torch.full((len(x),), float(s), dtype=torch.float32, device=device)
-        d = guided(denoiser, x.float(), sig, labels, cfg.guidance).double()
-        f = (d - c_skip(s, sd) * x) / c_out(s, sd)
-        x = sched.step(f, t, x, return_dict=False)[0]
-    return x.float()
-
-
-def network_calls(cfg: SampleConfig) -> int:
-    """Network evaluations per image (NFE) of :func:`sample` (guidance doubles the batch, not NFE).
-
-    Heun: ``2 * steps - 1`` (no correction on the last step to sigma = 0); Euler and DPM-Solver:
-    ``steps``.
-    """
-    return 2 * cfg.steps - 1 if cfg.sampler == "heun" else cfg.steps
+        return getattr(samplers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
