@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -120,25 +119,3 @@ def edm_loss(
     err = (d.reshape(b, k, *x.shape[1:]) - xk) ** 2
     per_draw = loss_weight(sigma, sigma_data) * err.flatten(2).mean(-1)
     return per_draw.mean(1)
-
-
-_MOVED = (
-    "karras_sigmas",
-    "guided",
-    "_initial_noise",
-    "sample",
-    "sample_dpmsolver",
-    "dpmsolver_scheduler",
-    "network_calls",
-)
-
-
-def __getattr__(name: str) -> Any:
-    """Transition only: the samplers moved to :mod:`easyhard.samplers`; old imports keep working
-    (``easyhard.stages`` still imports ``sample`` / ``network_calls`` from here) until they are
-    updated. Lazy, so that ``easyhard.samplers`` can import this module."""
-    if name in _MOVED:
-        from easyhard import samplers
-
-        return getattr(samplers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

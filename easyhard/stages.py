@@ -21,12 +21,13 @@ from easyhard.compute import resolve as resolve_compute
 from easyhard.config import Params, to_dict
 from easyhard.distributed import SINGLE_PROCESS, World
 from easyhard.dpsgd import expected_batch_size
-from easyhard.edm import from_model, network_calls, sample
+from easyhard.edm import from_model
 from easyhard.io import read_json, save_figure, savez, write_json
 from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, spend, steps_for_epochs
 from easyhard.privacy.randomness import NoiseSource, SecureSource, noise_source
 from easyhard.privacy.spend import spend_dir
 from easyhard.resume import Checkpointer, digest
+from easyhard.samplers import network_calls, sample
 from easyhard.train import dp_finetune, pretrain
 
 #: Title prefix of figures that show un-noised statistics of the sensitive data.
