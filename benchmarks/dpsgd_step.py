@@ -65,10 +65,12 @@ def _peak(device: str) -> float:
 
 def setup(args: dict[str, Any]):
     """The loss module (EDM loss around the denoiser) and one batch, identical in every process."""
-    from easyhard.config import EDMConfig, load_params
+    from dataclasses import replace
+
+    from easyhard.config import defaults
     from easyhard.edm import Denoiser, draw_noise
+    from easyhard.multiplicity import PerExampleLoss
     from easyhard.networks import build_unet, count_parameters
-    from easyhard.train import EDMLoss
 
     if args["profile"]:
         from easyhard import profiles
@@ -77,7 +79,7 @@ def setup(args: dict[str, Any]):
         net = prof.params(profiles.read_base(ROOT / "params.yaml")).network
         channels, size, _ = prof.meta["image_shape"]
     else:
-        net = load_params(ROOT / "params.yaml").network
+        net = defaults().network
         channels, size = 1, args["size"]
     torch.manual_seed(args["seed"])
     den = Denoiser(build_unet(net, (channels, size, size), 10), 0.5, 10).to(args["device"])
@@ -85,9 +87,9 @@ def setup(args: dict[str, Any]):
     b, k = args["batch"], args["k"]
     x = torch.rand(b, channels, size, size, generator=g) * 2 - 1
     y = torch.randint(0, 10, (b,), generator=g)
-    d = draw_noise(b, (channels, size, size), EDMConfig(noise_multiplicity=k), g)
+    d = draw_noise(b, (channels, size, size), replace(defaults().edm, noise_multiplicity=k), g)
     batch = tuple(t.to(args["device"]) for t in (x, y, d.sigma, d.noise, d.drop))
-    return EDMLoss(den), batch, count_parameters(den.unet)
+    return PerExampleLoss(den), batch, count_parameters(den.unet)
 
 
 def make_step(method: str, module: torch.nn.Module, batch: tuple, clip: float):

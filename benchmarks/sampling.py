@@ -3,7 +3,7 @@
 Loads one trained model (default: the DP-FETA fine-tuned model ``runs/dpfeta/finetune/model.pt``),
 draws the same ``--count`` class-balanced images (same seed, so the same initial noise) with each
 setting, and scores them with FID against the Inception features of the held-out REAL TEST images
-(``data/prepared/test.npz``, computed here with ``easyhard.metrics.inception_features``; never the
+(``data/prepared/test.npz``, computed here with ``easyhard.fid.inception_features``; never the
 training images nor ``data/fid_reference``, which the pipeline's own FID uses):
 
 * the reference: EDM stochastic Heun, 1000 steps (NFE 1999), S_churn 10 at sigma in [0.025, 50]
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as a script whether or not easyhard is installed
     sys.path.insert(0, str(ROOT))
 
-from easyhard.config import SampleConfig  # noqa: E402
+from easyhard.config import SampleConfig, defaults  # noqa: E402
 from easyhard.edm import Denoiser, from_model  # noqa: E402
 from easyhard.samplers import network_calls, sample  # noqa: E402
 
@@ -54,7 +54,8 @@ TOLERANCE = 0.05
 
 @dataclass(frozen=True)
 class Setting:
-    """One sampler configuration of the benchmark (unset keys: :class:`SampleConfig` defaults)."""
+    """One sampler configuration of the benchmark: these keys on top of a base ``sample`` section
+    (params.yaml's, where count, guidance, sigma range and batch size come from)."""
 
     name: str
     sampler: str
@@ -73,7 +74,7 @@ class Setting:
 
     @property
     def nfe(self) -> int:
-        return network_calls(self.config(SampleConfig()))
+        return network_calls(self.config(defaults().sample))
 
 
 def restart(name: str, steps: int, k: int, n: int, tmin: float, tmax: float) -> Setting:
@@ -155,7 +156,7 @@ def score(
     features: Callable[[np.ndarray], np.ndarray],
 ) -> dict[str, Any]:
     """One row: the setting's keys, NFE, FID vs ``real_features``, seconds (per 1,000 images)."""
-    from easyhard.metrics import fid_from_features
+    from easyhard.fid import fid_from_features
 
     cfg = setting.config(base)
     x, seconds = draw(denoiser, labels, shape, cfg, seed, batch_size)
@@ -191,13 +192,13 @@ def run_benchmark(
     "fid_ratio", ...}`` (:func:`pick_cheapest`). ``repeat``: a setting name, or ``"cheapest"``,
     to draw again with ``seed + 1`` (``"run_to_run"``: both FIDs and their relative difference).
     """
-    from easyhard.metrics import inception_features
-    from easyhard.stages import balanced_labels
+    from easyhard.fid import inception_features
+    from easyhard.pipeline.sample import balanced_labels
 
     if count < 2:
         raise ValueError("count must be >= 2 (FID needs a covariance)")
     feats = features or (lambda x: inception_features(x, progress=False))
-    base = base or SampleConfig()
+    base = base or defaults().sample
     labels = torch.as_tensor(balanced_labels(count, n_classes))
     warm = labels[:batch_size]  # one untimed call: lazy initialisation is not the sampler's cost
     draw(denoiser, warm, shape, replace(base, sampler="euler", steps=1), seed, batch_size)
@@ -305,7 +306,7 @@ def fid_vs_nfe_figure(result: dict[str, Any]):
 def test_features(path: Path, count: int | None, seed: int) -> np.ndarray:
     """Inception features of the held-out real test images (``count``: a seeded random subset)."""
     from easyhard.data import load_npz
-    from easyhard.metrics import inception_features
+    from easyhard.fid import inception_features
 
     x = load_npz(path).x
     if count is not None and count < len(x):
@@ -314,9 +315,9 @@ def test_features(path: Path, count: int | None, seed: int) -> np.ndarray:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from easyhard.checkpoint import load_model
     from easyhard.io import save_figure, write_json
-    from easyhard.stages import Paths, find_root
+    from easyhard.modelfile import load_model
+    from easyhard.pipeline.paths import Paths, find_root
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", help="model file (default: runs/METHOD/finetune/model.pt)")
@@ -387,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         real,
         settings,
         count=count,
-        base=SampleConfig(guidance=args.guidance),
+        base=replace(defaults().sample, guidance=args.guidance),
         seed=args.seed,
         batch_size=args.batch_size,
         repeat=repeat,

@@ -193,7 +193,7 @@ def _train(
     progress: bool,
     device: str | torch.device,
 ) -> tuple[AuxGenerator, list[float]]:
-    from tqdm import tqdm
+    from easyhard.progress import progress_bar
 
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the global RNG
         torch.manual_seed(int(seed))
@@ -208,7 +208,7 @@ def _train(
     )
     gen = torch.Generator().manual_seed(int(seed) + 1)
     losses: list[float] = []
-    bar = tqdm(range(params.steps), desc="auxiliary generator", disable=not progress)
+    bar = progress_bar(range(params.steps), desc="auxiliary generator", disable=not progress)
     for _ in bar:
         loss = mmd_loss(generator, release, frequencies, target, params.batch_per_class, gen)
         opt.zero_grad(set_to_none=True)

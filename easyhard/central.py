@@ -215,7 +215,7 @@ def query_central_images(
     ``public_size`` is the declared N (``privacy.dataset_size``); ``source`` supplies every Poisson
     mask and noise draw (:mod:`easyhard.privacy.randomness`: secret unless seeded on purpose).
     """
-    from tqdm import tqdm
+    from easyhard.progress import progress_bar
 
     if x.ndim != 4 or len(x) != len(y):
         raise ValueError(f"central images: expected NCHW images and one label each, got {x.shape}")
@@ -225,7 +225,7 @@ def query_central_images(
         )
     scale = release_scale(cfg, public_size, n_classes, x.shape[1:])
     imgs, labels, query = [], [], []
-    for t in tqdm(range(cfg.queries), desc="central-image queries", disable=not progress):
+    for t in progress_bar(range(cfg.queries), desc="central-image queries", disable=not progress):
         imgs.append(query_once(x, y, n_classes, cfg, scale, source))
         labels.append(np.arange(n_classes))
         query.append(np.full(n_classes, t))

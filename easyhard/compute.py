@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from easyhard.config import ComputeConfig, ConfigError
+from easyhard.config import ComputeConfig
+from easyhard.schema import ConfigError
 
 
 @dataclass(frozen=True)

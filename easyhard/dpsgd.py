@@ -34,11 +34,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from easyhard.distributed import SINGLE_PROCESS, World
+from easyhard.config import GRAD_SAMPLERS
 from easyhard.grad_sample import layerwise_grads
 from easyhard.privacy.randomness import NoiseSource
-
-GRAD_SAMPLERS = ("layerwise", "vmap")
+from easyhard.world import SINGLE_PROCESS, World
 
 
 def poisson_batches(

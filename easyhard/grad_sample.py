@@ -1,12 +1,13 @@
 """Per-example gradients layer by layer, contracted over noise multiplicity K inside each example.
 
 DP-SGD with noise multiplicity clips the gradient of each example's loss *averaged over its K noise
-draws*. The network sees ``R = K * B`` rows, *draw-major*: row ``k * B + b`` is draw ``k`` of example
-``b`` (so ``[R, ...]`` activations view as ``[K, B, ...]`` without a copy). For
+draws*. The network sees ``R = K * B`` rows, *draw-major* (the contract of
+:mod:`easyhard.multiplicity`: row ``k * B + b`` is draw ``k`` of example ``b``, so ``[R, ...]``
+activations view as ``[K, B, ...]`` without a copy). For
 every parametrised layer we save its input activation ``a`` in the forward pass and the gradient
 ``g`` of the summed loss with respect to its output in the backward pass; since rows of different
 examples never interact (GroupNorm and attention act within one row), example ``b``'s gradient is
-the layer's weight-gradient formula applied to rows ``b*K .. b*K+K-1`` only:
+the layer's weight-gradient formula applied to rows ``b, B + b, ..., (K - 1) B + b`` only:
 
 * ``Linear``: ``dW_b = sum_{k, positions} g a^T`` (one ``einsum``), ``db_b = sum g``;
 * ``Conv2d``: the weight gradient of a grouped convolution with the B examples as groups and the K
@@ -29,6 +30,8 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from easyhard.multiplicity import draws_view
 
 
 class UnsupportedLayerError(TypeError):
@@ -100,15 +103,6 @@ def _capture(model: nn.Module, batch: int, grads: dict[str, Tensor]) -> Iterator
             p.requires_grad_(True)
 
 
-def _group(t: Tensor, batch: int) -> Tensor:
-    """[R, ...] draw-major rows -> [K, B, ...] (a view when ``t`` is contiguous)."""
-    if t.shape[0] % batch:
-        raise ValueError(
-            f"per-example gradients: {t.shape[0]} rows do not split into {batch} examples"
-        )
-    return t.reshape(t.shape[0] // batch, batch, *t.shape[1:])
-
-
 def _linear(m: nn.Linear, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
     rows = a.shape[0]
     a3 = a.reshape(rows, -1, a.shape[-1])  # [K*B, positions, in]
@@ -116,9 +110,9 @@ def _linear(m: nn.Linear, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]
     # one [out, in] product per row (batched, on the draw-major rows as they are), then sum the
     # K rows of each example: no permuted copies of the activations
     per_row = torch.bmm(g3.transpose(1, 2), a3)  # [K*B, out, in]
-    out = {"weight": _group(per_row, batch).sum(0)}
+    out = {"weight": draws_view(per_row, batch).sum(0)}
     if m.bias is not None:
-        out["bias"] = _group(g3.sum(1), batch).sum(0)
+        out["bias"] = draws_view(g3.sum(1), batch).sum(0)
     return out
 
 
@@ -127,8 +121,8 @@ def _conv2d(m: nn.Conv2d, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]
     # weight-gradient kernel then sums over draws and positions for every example at once.
     k = a.shape[0] // batch
     cin, cout = a.shape[1], g.shape[1]
-    a_g = _group(a, batch).reshape(k, batch * cin, *a.shape[2:])
-    g_g = _group(g, batch).reshape(k, batch * cout, *g.shape[2:])
+    a_g = draws_view(a, batch).reshape(k, batch * cin, *a.shape[2:])
+    g_g = draws_view(g, batch).reshape(k, batch * cout, *g.shape[2:])
     w = torch.nn.grad.conv2d_weight(
         a_g,
         (batch * cout, cin // m.groups, *m.kernel_size),
@@ -140,7 +134,7 @@ def _conv2d(m: nn.Conv2d, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]
     )
     out = {"weight": w.reshape(batch, cout, cin // m.groups, *m.kernel_size)}
     if m.bias is not None:
-        out["bias"] = _group(g, batch).sum((0, 3, 4))
+        out["bias"] = draws_view(g, batch).sum((0, 3, 4))
     return out
 
 
@@ -149,15 +143,17 @@ def _group_norm(m: nn.GroupNorm, a: Tensor, g: Tensor, batch: int) -> dict[str, 
     dims = (0, *range(3, g.dim() + 1))  # draws and positions, keep examples and channels
     out = {}
     if m.weight is not None:
-        out["weight"] = _group(x_hat.mul_(g), batch).sum(dims)  # x_hat is ours: reuse its memory
+        out["weight"] = draws_view(x_hat.mul_(g), batch).sum(
+            dims
+        )  # x_hat is ours: reuse its memory
     if m.bias is not None:
-        out["bias"] = _group(g, batch).sum(dims)
+        out["bias"] = draws_view(g, batch).sum(dims)
     return out
 
 
 def _embedding(m: nn.Embedding, a: Tensor, g: Tensor, batch: int) -> dict[str, Tensor]:
-    idx = _group(a, batch).reshape(-1, batch).T  # [B, K*L]
-    gg = _group(g, batch).reshape(-1, batch, g.shape[-1]).transpose(0, 1)  # [B, K*L, D]
+    idx = draws_view(a, batch).reshape(-1, batch).T  # [B, K*L]
+    gg = draws_view(g, batch).reshape(-1, batch, g.shape[-1]).transpose(0, 1)  # [B, K*L, D]
     w = torch.zeros(batch, m.num_embeddings, m.embedding_dim, dtype=g.dtype, device=g.device)
     w.scatter_add_(1, idx.unsqueeze(-1).expand_as(gg), gg)
     return {"weight": w}

@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from easyhard.config import CLASSIFIERS
+
 
 def grid_image(x: np.ndarray, y: np.ndarray, n_classes: int, per_class: int = 8) -> np.ndarray:
     """Tile images (NCHW in [0, 1]) into one HWC array: a row per class, ``per_class`` columns."""
@@ -86,7 +88,7 @@ def comparison_bars(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[s
 
 
 def quality_vs_epsilon_figure(
-    rows: Sequence[Mapping[str, object]], classifiers: Sequence[str] = ("cnn", "resnet", "logreg")
+    rows: Sequence[Mapping[str, object]], classifiers: Sequence[str] = CLASSIFIERS
 ) -> Figure:
     """FID (left) and downstream accuracy (right, mean +- std per classifier) against the target ε,
     one line per method. ``rows``: dicts with ``method``, ``target_epsilon``, ``fid`` and

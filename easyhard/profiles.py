@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from easyhard.config import ConfigError, Params, from_mapping, merge
+from easyhard.config import Params
+from easyhard.schema import ConfigError, from_mapping, merge
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "profiles"
 
@@ -84,27 +85,30 @@ def read_base(params_file: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def plan(profile: Profile, params: Params) -> dict[str, Any]:
-    """Privacy plan at the declared ``privacy.dataset_size``: central-image cost, DP-SGD sigma and steps."""
-    from easyhard.central import central_mechanism
-    from easyhard.privacy import calibrate_noise_multiplier, compose_epsilon, steps_for_epochs
+    """Privacy plan of the profile's first method at the declared ``privacy.dataset_size``: what
+    its warm-ups (central images) cost, and the calibrated DP-SGD sigma and steps."""
+    from easyhard.pipeline.methods import method
+    from easyhard.privacy import PrivacyBudgetError
+    from easyhard.privacy.plan import plan_release
 
-    n = params.privacy.dataset_size
-    p = params.privacy
-    prior = [central_mechanism(params.central)] if "dpfeta" in params.methods else []
-    central_eps = compose_epsilon(prior, p.delta, p.accountant)
-    if central_eps >= p.epsilon:
-        raise ConfigError(
-            f"profile {profile.name}: central images alone spend eps={central_eps:.3g} >= {p.epsilon:g}"
+    p, ft = params.privacy, params.finetune
+    try:
+        release = plan_release(
+            epsilon=p.epsilon,
+            delta=p.delta,
+            accountant=p.accountant,
+            dataset_size=p.dataset_size,
+            sample_rate=ft.sample_rate,
+            epochs=ft.epochs,
+            warmups=method(params.methods[0]).warmups(params),
         )
-    steps = steps_for_epochs(params.finetune.epochs, params.finetune.sample_rate)
-    mech = calibrate_noise_multiplier(
-        p.epsilon, p.delta, params.finetune.sample_rate, steps, prior, p.accountant
-    )
+    except (PrivacyBudgetError, ValueError) as e:
+        raise ConfigError(f"profile {profile.name}: {e}") from e
     return {
-        "central_epsilon": central_eps,
-        "noise_multiplier": mech.noise_multiplier,
-        "steps": steps,
-        "expected_batch": params.finetune.sample_rate * n,
+        "central_epsilon": release.warmup_epsilon,
+        "noise_multiplier": release.dp_sgd.noise_multiplier,
+        "steps": release.dp_sgd.steps,
+        "expected_batch": ft.sample_rate * p.dataset_size,
     }
 
 

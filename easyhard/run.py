@@ -1,9 +1,12 @@
 """Run one pipeline notebook under papermill: ``python -m easyhard.run NOTEBOOK OUTPUT [--method M]``.
 
 ``params.yaml`` is validated first (a bad key or value is one error line and exit code 2, before
-any data is read); its sections are then injected as papermill parameters. The executed notebook is
-written under a temporary name and renamed to OUTPUT only when every cell succeeded; a failed run
-leaves ``OUTPUT`` absent and keeps the partial notebook as ``*.failed.ipynb`` for inspection.
+any data is read). The notebook reads ``params.yaml`` itself (the kernel runs in the repository
+root); papermill injects only the notebook's declared parameters (``method`` for per-method stages),
+so it never warns about unknown ones. The executed notebook is written under a temporary name and
+renamed to OUTPUT only when every cell succeeded; a failed run leaves ``OUTPUT`` absent and keeps
+the partial notebook as ``*.failed.ipynb`` for inspection. Progress bars stay plain text (they show
+in ``dvc repro``'s log).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from easyhard.config import ConfigError, load_params
+from easyhard.config import load_params
+from easyhard.schema import ConfigError
 
 # Exceptions raised inside a notebook that are the user's input, not a bug: exit 2, one line.
 INPUT_ERRORS = {"ConfigError", "DataError", "PrivacyBudgetError", "ValueError", "FileNotFoundError"}
@@ -23,19 +27,18 @@ def run_notebook(
     notebook: str | Path,
     output: str | Path,
     root: str | Path = ".",
-    params_file: str | Path = "params.yaml",
     extra: dict | None = None,
     progress: bool = True,
 ) -> None:
-    """Execute ``notebook`` with the params sections (and ``extra``) injected; atomic output."""
+    """Execute ``notebook`` in ``root`` with ``extra`` (e.g. ``{"method": "dpfeta"}``) injected
+    as papermill parameters; atomic output."""
     import papermill as pm
-    import yaml
+
+    from easyhard.progress import TEXT_ENV
 
     root = Path(root).resolve()
-    params_path = root / params_file
-    load_params(params_path)  # validate before anything runs
-    sections = yaml.safe_load(params_path.read_text()) or {}
-    parameters = {**sections, "root": str(root), **(extra or {})}
+    load_params(root / "params.yaml")  # validate before anything runs
+    os.environ[TEXT_ENV] = "1"  # the kernel inherits it: text progress bars, for the logs
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running.ipynb")
@@ -46,7 +49,7 @@ def run_notebook(
         pm.execute_notebook(
             str(notebook),
             str(tmp),
-            parameters=parameters,
+            parameters=dict(extra or {}),
             cwd=str(root),
             progress_bar=progress,
             log_output=True,

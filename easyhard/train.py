@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from easyhard.checkpoint import Checkpointer, generator_states, restore_generators
 from easyhard.compute import FP32, Compute, autocast, prepare_input, prepare_model
 from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
-from easyhard.distributed import SINGLE_PROCESS, World
 from easyhard.dpsgd import DPSGD, poisson_batches
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss, to_model
+from easyhard.multiplicity import PerExampleLoss
 from easyhard.privacy.randomness import NoiseSource
-from easyhard.resume import Checkpointer, generator_states, restore_generators
+from easyhard.world import SINGLE_PROCESS, World
 
 
 class EMA:
@@ -82,7 +83,7 @@ def pretrain(
     One noise draw per image (noise multiplicity only matters under per-example clipping).
     With ``checkpoint``, the state is saved every ``checkpoint.every`` steps and resumed from.
     ``compute`` (:mod:`easyhard.compute`) turns on bf16 autocast and channels-last on GPUs."""
-    from tqdm import tqdm
+    from easyhard.progress import progress_bar
 
     prepare_model(denoiser, compute)
     gen = torch.Generator().manual_seed(seed)
@@ -91,7 +92,7 @@ def pretrain(
     hist = History()
     start = _resume(checkpoint, denoiser, ema, opt, hist, (gen,))
     denoiser.train()
-    bar = tqdm(
+    bar = progress_bar(
         range(start, cfg.steps),
         desc="pretrain",
         disable=not progress,
@@ -166,45 +167,6 @@ def _resume(
     return int(blob["step"])
 
 
-def draw_major(t: Tensor, batch: int) -> Tensor:
-    """Rows ``b * K + k`` (example-major) -> rows ``k * B + b`` (draw-major)."""
-    return t.reshape(batch, -1, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
-
-
-def example_major(t: Tensor, batch: int) -> Tensor:
-    """Inverse of :func:`draw_major`."""
-    return t.reshape(-1, batch, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
-
-
-class EDMLoss(nn.Module):
-    """The per-example loss DP-SGD differentiates: ``forward(x, y, sigma, noise, drop) -> [B]``.
-
-    Each example's EDM loss is averaged over its K noise draws (``sigma``/``drop`` are ``[B, K]``,
-    ``noise`` is ``[B, K, C, H, W]``). The network sees the ``B * K`` rows *draw-major* (row
-    ``k * B + b``), the layout :mod:`easyhard.grad_sample` contracts without copying activations;
-    only the small input and output images are permuted.
-    """
-
-    def __init__(self, denoiser: Denoiser, compute: Compute = FP32) -> None:
-        super().__init__()
-        self.denoiser = denoiser
-        self.compute = compute
-
-    def forward(self, x: Tensor, y: Tensor, sigma: Tensor, noise: Tensor, drop: Tensor) -> Tensor:
-        d, b = self.denoiser, len(x)
-
-        def denoise(xx: Tensor, ss: Tensor, ll: Tensor) -> Tensor:
-            out = d(draw_major(xx, b), draw_major(ss, b), draw_major(ll, b))
-            return example_major(out, b)
-
-        with autocast(self.compute):
-            loss = edm_loss(
-                denoise, x, y, NoiseDraws(sigma, noise, drop), d.sigma_data, d.null_label
-            )
-        # bf16 forward on GPUs: the per-example losses (and their gradients) come back in float32
-        return loss.float() if self.compute.dtype is not None else loss
-
-
 def dp_finetune(
     denoiser: Denoiser,
     x: Tensor,
@@ -246,7 +208,7 @@ def dp_finetune(
     ``compute`` turns on bf16 autocast for the forward pass and channels-last on GPUs; per-example
     gradients, clipping and noise stay float32.
     """
-    from tqdm import tqdm
+    from easyhard.progress import progress_bar
 
     prepare_model(denoiser, compute)
     draw_gen = torch.Generator().manual_seed(seed + 1)
@@ -254,7 +216,7 @@ def dp_finetune(
     ema = ema if ema is not None else EMA(denoiser, cfg.ema_decay)
     ema.decay = cfg.ema_decay
     dp = DPSGD(
-        EDMLoss(denoiser, compute),
+        PerExampleLoss(denoiser, compute),
         noise_multiplier=noise_multiplier,
         clip=cfg.clip,
         expected_batch=expected_batch,
@@ -268,7 +230,7 @@ def dp_finetune(
     start = _resume(checkpoint, denoiser, ema, opt, hist, gens, noise)
     denoiser.train()
     batches = poisson_batches(len(x), cfg.sample_rate, steps - start, noise)
-    bar = tqdm(
+    bar = progress_bar(
         batches,
         total=steps,
         initial=start,

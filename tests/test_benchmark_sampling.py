@@ -5,19 +5,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from easyhard.checkpoint import build_denoiser, save_model
-from easyhard.config import NetworkConfig
+from easyhard.config import defaults
 from easyhard.data import ImageSet, save_npz
+from easyhard.modelfile import build_denoiser, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (1, 8, 8)
-NET = NetworkConfig(channels=(8, 16), attention=(False, False), norm_groups=4)
+NET = replace(defaults().network, channels=(8, 16), attention=(False, False), norm_groups=4)
 
 
 def _load_benchmark():
@@ -116,7 +117,7 @@ def test_default_grid():
     assert nfe["restart-18-k2x2"] == 43 and nfe["restart-10-k2x2"] == 27
     assert [s.nfe for s in B.default_settings(quick=True)] == [10, 10, 29, 49]
     for s in grid:  # every setting is a valid config
-        assert s.config(B.SampleConfig()).sampler == s.sampler
+        assert s.config(defaults().sample).sampler == s.sampler
 
 
 def _fixture_files(tmp_path, tiny):
@@ -134,7 +135,7 @@ def test_cli_writes_results(tmp_path, tiny, monkeypatch, capsys):
     model, test = _fixture_files(tmp_path, tiny)
     grid = [B.Setting("h2", "heun", 2), B.Setting("s3", "sde-dpmsolver", 3)]
     monkeypatch.setattr(B, "default_settings", lambda *a, **k: grid)
-    import easyhard.metrics as M
+    import easyhard.fid as M
 
     seen = []
     monkeypatch.setattr(M, "inception_features", lambda x, **kw: seen.append(len(x)) or pixels(x))
@@ -163,7 +164,7 @@ def test_cli_only_reruns_named_settings_and_merges(tmp_path, tiny, monkeypatch):
     model, test = _fixture_files(tmp_path, tiny)
     grid = [B.Setting("h2", "heun", 2), B.Setting("e3", "euler", 3)]
     monkeypatch.setattr(B, "default_settings", lambda *a, **k: grid)
-    import easyhard.metrics as M
+    import easyhard.fid as M
 
     monkeypatch.setattr(M, "inception_features", lambda x, **kw: pixels(x))
     out = tmp_path / "out"

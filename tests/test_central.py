@@ -1,6 +1,7 @@
 """Central images: the stated L2 sensitivity holds for any dataset, noise has the stated scale."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,8 +21,10 @@ from easyhard.central import (
     query_once,
     release_scale,
 )
-from easyhard.config import CentralConfig
+from easyhard.config import defaults
 from easyhard.privacy.randomness import SeededSource
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 K = 4
 
@@ -92,7 +95,8 @@ def test_bin_index_edges():
 
 def test_mean_query_noise_scale_on_empty_sample():
     """With sample_rate tiny nothing is sampled: the output is pure noise of the stated std."""
-    cfg = CentralConfig(
+    cfg = replace(
+        DEFAULTS.central,
         type="mean",
         noise_multiplier=2.0,
         sample_rate=1e-9,
@@ -114,7 +118,7 @@ def test_query_central_images_shapes_and_ledger_entry():
     rng = np.random.default_rng(0)
     x = rng.random((200, 1, 28, 28)).astype(np.float32)
     y = np.arange(200) % 10
-    cfg = CentralConfig(queries=3, downsample=4, sample_rate=0.5, noise_multiplier=5.0)
+    cfg = replace(DEFAULTS.central, queries=3, downsample=4, sample_rate=0.5, noise_multiplier=5.0)
     ci = query_central_images(
         x, y, 10, cfg, public_size=200, source=SeededSource(0, "c"), progress=False
     )
@@ -134,7 +138,7 @@ def test_query_refuses_downsample_larger_than_image():
             np.zeros((4, 1, 2, 2), np.float32),
             np.arange(4) % 2,
             2,
-            CentralConfig(downsample=4),
+            replace(DEFAULTS.central, downsample=4),
             public_size=4,
             source=SeededSource(0, "c"),
             progress=False,
@@ -155,7 +159,9 @@ def test_query_shapes_and_range_property(kind, factor, channels, n, post, q, see
     rng = np.random.default_rng(seed)
     x = rng.random((n, channels, 8, 8)).astype(np.float32)
     y = rng.integers(0, 3, n)
-    cfg = CentralConfig(type=kind, downsample=factor, postprocess=post, sample_rate=q, queries=2)
+    cfg = replace(
+        DEFAULTS.central, type=kind, downsample=factor, postprocess=post, sample_rate=q, queries=2
+    )
     ci = query_central_images(
         x, y, 3, cfg, public_size=n, source=SeededSource(seed, "c"), progress=False
     )

@@ -1,36 +1,38 @@
 """bf16 autocast and channels-last: resolved off on CPU, refused where impossible, same results."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from easyhard.checkpoint import build_denoiser
 from easyhard.compute import FP32, Compute, autocast, prepare_input, prepare_model, resolve
 from easyhard.config import (
-    ComputeConfig,
     ConfigError,
-    EDMConfig,
-    NetworkConfig,
-    Params,
-    PretrainConfig,
+    defaults,
 )
+from easyhard.modelfile import build_denoiser
 from easyhard.train import pretrain
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 
 def test_auto_is_fp32_contiguous_on_cpu_and_bf16_is_refused():
-    c = resolve("cpu", ComputeConfig())
+    c = resolve("cpu", DEFAULTS.compute)
     assert c.dtype is None and not c.channels_last and c.precision == "fp32"
-    assert resolve("cpu", ComputeConfig(channels_last=True)).channels_last  # explicit: allowed
+    assert resolve(
+        "cpu", replace(DEFAULTS.compute, channels_last=True)
+    ).channels_last  # explicit: allowed
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        resolve("cpu", ComputeConfig(precision="bf16"))
+        resolve("cpu", replace(DEFAULTS.compute, precision="bf16"))
     with pytest.raises(ConfigError, match="needs device=cuda"):
-        Params(compute=ComputeConfig(precision="bf16"))
+        replace(DEFAULTS, compute=replace(DEFAULTS.compute, precision="bf16"))
     with pytest.raises(ConfigError, match="compute.precision must be one of"):
-        ComputeConfig(precision="fp16")
+        replace(DEFAULTS.compute, precision="fp16")
 
 
 def _denoiser():
     torch.manual_seed(0)
-    net = NetworkConfig(channels=(8, 16), attention=(False, True), norm_groups=4)
+    net = replace(DEFAULTS.network, channels=(8, 16), attention=(False, True), norm_groups=4)
     return build_denoiser(net, (1, 8, 8), 3, 0.5)
 
 
@@ -60,7 +62,7 @@ def test_bf16_autocast_runs_matmuls_in_bf16():
 
 def test_pretraining_with_channels_last_matches_and_bf16_runs():
     x, y = torch.rand(12, 1, 8, 8), torch.arange(12) % 3
-    cfg, edm = PretrainConfig(steps=3, batch_size=4, log_every=1), EDMConfig()
+    cfg, edm = replace(DEFAULTS.pretrain, steps=3, batch_size=4, log_every=1), DEFAULTS.edm
     _, ref = pretrain(_denoiser(), x, y, cfg, edm, seed=0, progress=False)
     _, cl = pretrain(
         _denoiser(), x, y, cfg, edm, seed=0, progress=False, compute=Compute(channels_last=True)

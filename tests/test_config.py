@@ -7,7 +7,10 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from easyhard.config import ConfigError, Params, from_mapping, load_params, merge, to_dict
+from easyhard.config import Params, defaults, load_params
+from easyhard.schema import ConfigError, from_mapping, merge, to_dict
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +61,15 @@ def test_missing_params_file(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
+def test_a_missing_key_is_refused_not_defaulted():
+    raw = to_dict(DEFAULTS)
+    del raw["finetune"]["clip"]
+    with pytest.raises(ConfigError, match="missing params key 'finetune.clip'"):
+        from_mapping(Params, raw)
+
+
 def test_frozen():
-    p = Params()
+    p = DEFAULTS
     with pytest.raises(AttributeError):
         p.privacy.epsilon = 3.0  # type: ignore[misc]
 
@@ -76,11 +86,11 @@ def test_privacy_validation_property(eps, delta, q):
     }
     valid = eps > 0 and 0 < delta < 1 / 100 and 0 < q <= 1  # delta < 1/N, N declared
     if valid:
-        p = from_mapping(Params, data)
+        p = from_mapping(Params, merge(to_dict(DEFAULTS), data))
         assert p.privacy.epsilon == eps and p.finetune.sample_rate == q
     else:
         with pytest.raises(ConfigError):
-            from_mapping(Params, data)
+            from_mapping(Params, merge(to_dict(DEFAULTS), data))
 
 
 @given(st.dictionaries(st.text(min_size=1, max_size=12), st.integers(), min_size=1, max_size=3))

@@ -1,27 +1,21 @@
 """Data: loaders on generated files in the real on-disk formats, validation, deterministic split."""
 
 import struct
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from easyhard.config import DataConfig
-from easyhard.data import (
-    DataError,
-    ImageSet,
-    load_dataset,
-    load_folder,
-    load_npz,
-    load_torchvision,
-    save_npz,
-    split,
-    validate,
-)
+from easyhard.config import defaults
+from easyhard.data import DataError, ImageSet, load_npz, save_npz, split, validate
+from easyhard.datasets import load_dataset, load_folder, load_torchvision
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 
 def test_mnist_offline_split_is_deterministic_and_stratified():
-    ds = load_dataset(DataConfig())
+    ds = load_dataset(DEFAULTS.data)
     assert ds.x.shape == (5000, 1, 28, 28) and ds.n_classes == 10
     a_tr, a_te = split(ds, 0.2, seed=0)
     b_tr, b_te = split(ds, 0.2, seed=0)
@@ -34,7 +28,7 @@ def test_mnist_offline_split_is_deterministic_and_stratified():
 
 
 def test_npz_roundtrip(tmp_path):
-    ds = load_dataset(DataConfig(name="digits"))
+    ds = load_dataset(replace(DEFAULTS.data, name="digits"))
     save_npz(tmp_path / "d.npz", ds)
     back = load_npz(tmp_path / "d.npz")
     assert back.classes == ds.classes
@@ -169,10 +163,10 @@ def make_idx_gz(root, folder="MNIST", n_train=30, n_test=20, seed=0):
 
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_idx_gz_archives_official_split(tmp_path, name, folder):
-    from easyhard.data import load_official_split
+    from easyhard.datasets import load_official_split
 
     made = make_idx_gz(tmp_path, folder)
-    cfg = DataConfig(name=name, root=str(tmp_path), download=False, split="official")
+    cfg = replace(DEFAULTS.data, name=name, root=str(tmp_path), download=False, split="official")
     train, test = load_official_split(cfg)
     assert train.x.shape == (30, 1, 28, 28) and test.x.shape == (20, 1, 28, 28)
     assert np.allclose(train.x[7, 0] * 255, made["train"][0][7], atol=1e-3)
@@ -260,7 +254,7 @@ def make_celeba(root, n=12, seed=0):
 
 
 def test_celeba_male_32_centre_cropped(tmp_path):
-    from easyhard.data import load_celeba, load_official_split
+    from easyhard.datasets import load_celeba, load_official_split
 
     male, part = make_celeba(tmp_path)
     ds = load_celeba(tmp_path, "Male", 32)
@@ -271,7 +265,7 @@ def test_celeba_male_32_centre_cropped(tmp_path):
     assert red.max() < 0.2
     assert np.all(ds.x[male == 1, 1].mean(axis=(1, 2)) > 0.7)
     train, test = load_official_split(
-        DataConfig(name="celeba", root=str(tmp_path), image_size=32, split="official")
+        replace(DEFAULTS.data, name="celeba", root=str(tmp_path), image_size=32, split="official")
     )
     assert len(train) == int((part == 0).sum()) and len(test) == int((part == 2).sum())
     with pytest.raises(DataError, match="attribute 'Bald' not in"):
@@ -309,11 +303,17 @@ def make_camelyon_zips(root, n=8, seed=0):
 
 
 def test_camelyon_dpimagebench_zips(tmp_path):
-    from easyhard.data import load_camelyon, load_labelled, load_official_split
+    from easyhard.datasets import load_camelyon, load_labelled, load_official_split
 
     labels = make_camelyon_zips(tmp_path / "cam")
     train, test = load_official_split(
-        DataConfig(name="camelyon", root=str(tmp_path / "cam"), image_size=32, split="official")
+        replace(
+            DEFAULTS.data,
+            name="camelyon",
+            root=str(tmp_path / "cam"),
+            image_size=32,
+            split="official",
+        )
     )
     assert train.x.shape == (8, 3, 32, 32) and train.classes == ("normal", "tumor")
     assert train.y.tolist() == labels["train"] and test.y.tolist() == labels["test"]
@@ -343,20 +343,27 @@ def make_wilds_camelyon(root, seed=0):
 
 
 def test_camelyon_wilds_layout_resized_and_split_by_hospital(tmp_path):
-    from easyhard.data import load_official_split
+    from easyhard.datasets import load_official_split
 
     centers = make_wilds_camelyon(tmp_path)
-    cfg = DataConfig(name="camelyon", root=str(tmp_path), image_size=32, split="official")
+    cfg = replace(
+        DEFAULTS.data, name="camelyon", root=str(tmp_path), image_size=32, split="official"
+    )
     train, test = load_official_split(cfg)
     assert train.x.shape == (int(np.isin(centers, [0, 3, 4]).sum()), 3, 32, 32)
     assert len(test) == int((centers == 2).sum())
-    assert len(load_dataset(DataConfig(name="camelyon", root=str(tmp_path), image_size=32))) == 8
+    assert (
+        len(
+            load_dataset(replace(DEFAULTS.data, name="camelyon", root=str(tmp_path), image_size=32))
+        )
+        == 8
+    )
 
 
 def test_labelled_folder_and_bad_label_file(tmp_path):
     import json
 
-    from easyhard.data import load_labelled
+    from easyhard.datasets import load_labelled
 
     rng = np.random.default_rng(0)
     (tmp_path / "a").mkdir()
@@ -381,7 +388,7 @@ def test_label_file_names_must_stay_inside_the_data_root(tmp_path, name, as_zip)
     import json
     import zipfile
 
-    from easyhard.data import load_labelled
+    from easyhard.datasets import load_labelled
 
     img = tmp_path / "outside.png"
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
@@ -403,7 +410,7 @@ def test_label_file_names_must_stay_inside_the_data_root(tmp_path, name, as_zip)
 
 
 def test_celeba_names_must_stay_inside_the_image_folder(tmp_path):
-    from easyhard.data import load_celeba
+    from easyhard.datasets import load_celeba
 
     make_celeba(tmp_path, 6)
     attr = tmp_path / "celeba" / "list_attr_celeba.txt"
@@ -420,14 +427,14 @@ def test_folder_resized_to_image_size(tmp_path):
     for cls, shape in (("a", (40, 30, 3)), ("b", (64, 64, 3))):
         (tmp_path / cls).mkdir()
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(tmp_path / cls / "0.png")
-    ds = load_dataset(DataConfig(name="folder", root=str(tmp_path), image_size=32))
+    ds = load_dataset(replace(DEFAULTS.data, name="folder", root=str(tmp_path), image_size=32))
     assert ds.x.shape == (2, 3, 32, 32)
     with pytest.raises(DataError, match="differs from the first"):
-        load_dataset(DataConfig(name="folder", root=str(tmp_path)))
+        load_dataset(replace(DEFAULTS.data, name="folder", root=str(tmp_path)))
 
 
 def test_official_split_refused_for_datasets_without_one():
-    from easyhard.config import ConfigError
+    from easyhard.schema import ConfigError
 
     with pytest.raises(ConfigError, match="data.split=official needs"):
-        DataConfig(name="folder", split="official")
+        replace(DEFAULTS.data, name="folder", split="official")

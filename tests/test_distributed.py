@@ -2,34 +2,37 @@
 
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from easyhard.config import EDMConfig, NetworkConfig
-from easyhard.distributed import World
+from easyhard.config import defaults
 from easyhard.dpsgd import DPSGD
 from easyhard.edm import Denoiser, draw_noise
+from easyhard.multiplicity import PerExampleLoss
 from easyhard.networks import build_unet
 from easyhard.privacy.randomness import NoiseSource, SecureSource, SeededSource
-from easyhard.train import EDMLoss
+from easyhard.world import World
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 SIGMA, CLIP, EXPECTED, SEED = 1.1, 0.05, 6.0, 11
 
 
-def model() -> EDMLoss:
+def model() -> PerExampleLoss:
     torch.manual_seed(0)
-    net = NetworkConfig(channels=(8, 16), attention=(False, True), norm_groups=4)
-    return EDMLoss(Denoiser(build_unet(net, (1, 8, 8), 3), 0.5, 3).double())
+    net = replace(DEFAULTS.network, channels=(8, 16), attention=(False, True), norm_groups=4)
+    return PerExampleLoss(Denoiser(build_unet(net, (1, 8, 8), 3), 0.5, 3).double())
 
 
 def data(b: int = 7):
     g = torch.Generator().manual_seed(3)
     x = torch.rand(b, 1, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
     y = torch.randint(0, 3, (b,), generator=g)
-    d = draw_noise(b, (1, 8, 8), EDMConfig(noise_multiplicity=2, label_dropout=0.2), g)
+    d = draw_noise(b, (1, 8, 8), replace(DEFAULTS.edm, noise_multiplicity=2, label_dropout=0.2), g)
     return x, y, d.sigma.double(), d.noise.double(), d.drop
 
 

@@ -1,13 +1,14 @@
 """DP-SGD: exact per-example gradients of the K-averaged loss, clipping, noise scale, sampling."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
 
-from easyhard.config import EDMConfig, NetworkConfig
+from easyhard.config import defaults
 from easyhard.dpsgd import (
     DPSGD,
     clip_factors,
@@ -17,9 +18,11 @@ from easyhard.dpsgd import (
     poisson_batches,
 )
 from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss
+from easyhard.multiplicity import PerExampleLoss
 from easyhard.networks import build_unet
 from easyhard.privacy.randomness import NoiseSource, SecureSource, SeededSource
-from easyhard.train import EDMLoss
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 SD = 0.5
 
@@ -28,7 +31,7 @@ def make_dpsgd(
     den: Denoiser, sigma: float, clip: float, expected: float, phys: int, noise: NoiseSource
 ) -> DPSGD:
     return DPSGD(
-        EDMLoss(den),
+        PerExampleLoss(den),
         noise_multiplier=sigma,
         clip=clip,
         expected_batch=expected,
@@ -39,7 +42,7 @@ def make_dpsgd(
 
 def small_denoiser(attention: bool, dtype=torch.float64) -> Denoiser:
     torch.manual_seed(0)
-    net = NetworkConfig(channels=(8, 16), attention=(False, attention), norm_groups=4)
+    net = replace(DEFAULTS.network, channels=(8, 16), attention=(False, attention), norm_groups=4)
     return Denoiser(build_unet(net, (1, 8, 8), 3), SD, 3).to(dtype)
 
 
@@ -47,7 +50,7 @@ def batch(b: int, k: int, dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(b, 1, 8, 8, generator=g, dtype=dtype) * 2 - 1
     y = torch.randint(0, 3, (b,), generator=g)
-    d = draw_noise(b, (1, 8, 8), EDMConfig(noise_multiplicity=k, label_dropout=0.3), g)
+    d = draw_noise(b, (1, 8, 8), replace(DEFAULTS.edm, noise_multiplicity=k, label_dropout=0.3), g)
     return x, y, d.sigma.to(dtype), d.noise.to(dtype), d.drop
 
 
@@ -58,7 +61,7 @@ def test_per_example_grads_match_one_at_a_time_loop(attention, k, grad_sampler):
     den = small_denoiser(attention)
     x, y, sigma, noise, drop = batch(5, k)
     grads, values = per_example_grads(
-        EDMLoss(den), x, y, sigma, noise, drop, grad_sampler=grad_sampler
+        PerExampleLoss(den), x, y, sigma, noise, drop, grad_sampler=grad_sampler
     )
     for i in range(5):
         den.zero_grad()
@@ -81,7 +84,7 @@ def test_per_example_grads_match_one_at_a_time_loop(attention, k, grad_sampler):
 def test_clipped_per_example_norms_at_most_c():
     den = small_denoiser(True)
     x, y, sigma, noise, drop = batch(6, 2)
-    grads, _ = per_example_grads(EDMLoss(den), x, y, sigma, noise, drop)
+    grads, _ = per_example_grads(PerExampleLoss(den), x, y, sigma, noise, drop)
     norms = per_example_norms(grads)
     for clip in (1e-3, float(norms.median()), 1e3):
         f = clip_factors(norms, clip)
@@ -115,7 +118,7 @@ def test_private_gradient_equals_clip_sum_noise_over_expected_batch():
     sigma_n, clip, expected = 0.8, 0.05, 12.5
     dp = make_dpsgd(den, sigma_n, clip, expected, 64, SeededSource(7, "n"))
     got, stats = dp.private_gradient(x, y, sigma, noise, drop)
-    grads, _ = per_example_grads(EDMLoss(den), x, y, sigma, noise, drop)
+    grads, _ = per_example_grads(PerExampleLoss(den), x, y, sigma, noise, drop)
     summed, _ = clipped_sum(grads, clip)
     replay = SeededSource(7, "n")
     for name in summed:

@@ -2,9 +2,11 @@
 
 The samplers are tested in ``test_samplers.py``."""
 
+from dataclasses import replace
+
 import torch
 
-from easyhard.config import EDMConfig, NetworkConfig
+from easyhard.config import defaults
 from easyhard.edm import (
     Denoiser,
     NoiseDraws,
@@ -16,6 +18,8 @@ from easyhard.edm import (
     loss_weight,
 )
 from easyhard.networks import build_unet
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 SD = 0.5
 
@@ -53,7 +57,7 @@ def test_unit_loss_of_exact_gaussian_denoiser():
     torch.manual_seed(0)
     den = gaussian_denoiser()
     x = torch.randn(4000, 1, 4, 4, dtype=torch.float64) * SD
-    draws = draw_noise(4000, (1, 4, 4), EDMConfig(noise_multiplicity=2))
+    draws = draw_noise(4000, (1, 4, 4), replace(DEFAULTS.edm, noise_multiplicity=2))
     draws = NoiseDraws(draws.sigma.double(), draws.noise.double(), draws.drop)
     loss = edm_loss(den, x, torch.zeros(4000, dtype=torch.long), draws, SD, 3)
     assert loss.shape == (4000,)
@@ -63,11 +67,15 @@ def test_unit_loss_of_exact_gaussian_denoiser():
 def test_noise_multiplicity_is_the_mean_of_single_draws():
     torch.manual_seed(0)
     den = Denoiser(
-        build_unet(NetworkConfig(channels=(8, 16), attention=(False, True)), (1, 8, 8), 3), SD, 3
+        build_unet(
+            replace(DEFAULTS.network, channels=(8, 16), attention=(False, True)), (1, 8, 8), 3
+        ),
+        SD,
+        3,
     )
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     y = torch.tensor([0, 1, 2])
-    d = draw_noise(3, (1, 8, 8), EDMConfig(noise_multiplicity=4, label_dropout=0.5))
+    d = draw_noise(3, (1, 8, 8), replace(DEFAULTS.edm, noise_multiplicity=4, label_dropout=0.5))
     full = edm_loss(den, x, y, d, SD, 3)
     singles = torch.stack(
         [

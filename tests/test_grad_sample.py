@@ -1,17 +1,20 @@
 """Layer-wise per-example gradients equal a torch.func vmap(grad) reference, on the real networks."""
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
 from torch import nn
 
-from easyhard.config import EDMConfig, NetworkConfig, load_params
+from easyhard.config import NetworkConfig, defaults, load_params
 from easyhard.dpsgd import per_example_grads, per_example_norms
 from easyhard.edm import Denoiser, draw_noise
 from easyhard.grad_sample import UnsupportedLayerError, layerwise_grads
+from easyhard.multiplicity import PerExampleLoss
 from easyhard.networks import build_unet
-from easyhard.train import EDMLoss
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 SD = 0.5
 
@@ -21,21 +24,23 @@ def default_network() -> NetworkConfig:
     return load_params("params.yaml").network
 
 
-def loss_module(net: NetworkConfig, size: int, dtype=torch.float64) -> EDMLoss:
+def loss_module(net: NetworkConfig, size: int, dtype=torch.float64) -> PerExampleLoss:
     torch.manual_seed(0)
     den = Denoiser(build_unet(net, (1, size, size), 10), SD, 10).to(dtype)
     # perturb the zero-initialised output layers so every parameter has a non-trivial gradient
     with torch.no_grad():
         for p in den.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    return EDMLoss(den)
+    return PerExampleLoss(den)
 
 
 def batch(b: int, k: int, size: int, dtype=torch.float64):
     g = torch.Generator().manual_seed(1)
     x = torch.rand(b, 1, size, size, generator=g, dtype=dtype) * 2 - 1
     y = torch.randint(0, 10, (b,), generator=g)
-    d = draw_noise(b, (1, size, size), EDMConfig(noise_multiplicity=k, label_dropout=0.3), g)
+    d = draw_noise(
+        b, (1, size, size), replace(DEFAULTS.edm, noise_multiplicity=k, label_dropout=0.3), g
+    )
     return x, y, d.sigma.to(dtype), d.noise.to(dtype), d.drop
 
 
@@ -60,11 +65,11 @@ def whole_gradient_error(ours: dict, ref: dict) -> float:
 NETWORKS = {
     "default": lambda: (default_network(), 28),
     "attention-everywhere": lambda: (
-        NetworkConfig(channels=(8, 16), attention=(True, True), norm_groups=4),
+        replace(DEFAULTS.network, channels=(8, 16), attention=(True, True), norm_groups=4),
         8,
     ),
     "no-attention": lambda: (
-        NetworkConfig(channels=(8, 16), attention=(False, False), norm_groups=4),
+        replace(DEFAULTS.network, channels=(8, 16), attention=(False, False), norm_groups=4),
         8,
     ),
 }

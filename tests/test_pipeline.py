@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from easyhard.config import merge
 from easyhard.privacy import Ledger, compose_epsilon
 from easyhard.run import run_notebook
+from easyhard.schema import merge
 
 ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
@@ -169,20 +169,22 @@ def test_empty_image_folder_is_refused(tmp_path):
 
 def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
     """No query runs and no ledger is written when the easy stage would exhaust the budget."""
-    from easyhard import stages
+    from easyhard.pipeline import central_images, prepare
+    from easyhard.pipeline.notebook import setup
     from easyhard.privacy import PrivacyBudgetError
 
     write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))
-    params, paths = stages.load_for_notebook(tmp_path, {})
-    stages.prepare(params, paths)
+    params, paths = setup({}, tmp_path)
+    prepare.run(params, paths)
     with pytest.raises(PrivacyBudgetError, match="central_images"):
-        stages.central_images(params, paths, "dpfeta")
+        central_images.run(params, paths, "dpfeta")
     assert not (tmp_path / "runs").exists()
 
 
 def test_delta_must_be_below_one_over_the_declared_n():
     """delta < 1/N on the *declared* N: refused when params load, before any data is read."""
-    from easyhard.config import ConfigError, Params, from_mapping
+    from easyhard.config import Params
+    from easyhard.schema import ConfigError, from_mapping
 
     with pytest.raises(ConfigError, match="privacy.delta=0.5 must be < 1/N"):
         from_mapping(
@@ -224,8 +226,8 @@ def _make_folder(root: Path, case: str) -> None:
     ],
 )
 def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message):
-    from easyhard import stages
-    from easyhard.data import DataError
+    from easyhard.pipeline import central_images, finetune, prepare, pretrain
+    from easyhard.pipeline.notebook import setup
 
     _make_folder(tmp_path / "imgs", case)
     override = {
@@ -235,12 +237,12 @@ def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message
     if case == "too_small":
         override["finetune"] = {"sample_rate": 0.01}
     write_params(tmp_path, merge(TINY, override))
-    params, paths = stages.load_for_notebook(tmp_path, {})
-    with pytest.raises(DataError) as e:
-        stages.prepare(params, paths)
-        stages.central_images(params, paths, "dpdm")  # DPDM: the first spend is DP-SGD
-        stages.pretrain_stage(params, paths, "dpdm")
-        stages.finetune(params, paths, "dpdm")
+    params, paths = setup({}, tmp_path)
+    with pytest.raises(ValueError) as e:  # DataError, or the plan refusing q*N < 1
+        prepare.run(params, paths)
+        central_images.run(params, paths, "dpdm")  # DPDM: the first spend is DP-SGD
+        pretrain.run(params, paths, "dpdm")
+        finetune.run(params, paths, "dpdm")
     assert message in str(e.value)
     assert list(tmp_path.rglob("ledger.json")) in ([], [paths.central_ledger("dpdm")])
     assert not paths.ledger("dpdm").exists()
@@ -255,7 +257,8 @@ def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
     import torch
 
     from easyhard.config import load_params
-    from easyhard.stages import Paths, finetune
+    from easyhard.pipeline import finetune
+    from easyhard.pipeline.paths import Paths
 
     results = {}
     for n in (1, 2):
@@ -267,7 +270,7 @@ def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
         over = {"finetune": {"processes": n}, "privacy": {"randomness": "seeded"}}
         write_params(root, merge(TINY, over))
         params = load_params(root / "params.yaml")
-        out = finetune(params, Paths(root), "dpfeta")
+        out = finetune.run(params, Paths(root), "dpfeta")
         model = torch.load(root / "runs/dpfeta/finetune/model.pt", weights_only=True)
         results[n] = (out["ledger"].to_dict(), model["state_dict"], out["history"])
     (ledger1, weights1, hist1), (ledger2, weights2, hist2) = results[1], results[2]

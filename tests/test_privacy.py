@@ -171,7 +171,9 @@ def test_steps_for_epochs() -> None:
 @pytest.mark.parametrize("acc", ACCOUNTANTS)
 def test_calibration_band_and_smallest(acc: str) -> None:
     target, delta = 10.0, 1e-5
-    mech = calibrate_noise_multiplier(target, delta, 0.1, 200, prior=[CENTRAL], accountant=acc)
+    mech = calibrate_noise_multiplier(
+        target, delta, sample_rate=0.1, steps=200, prior=[CENTRAL], accountant=acc
+    )
     assert (mech.name, mech.sample_rate, mech.steps) == ("dp_sgd", 0.1, 200)
     achieved = compose_epsilon([CENTRAL, mech], delta, acc)
     assert 0.99 * target <= achieved <= target
@@ -182,7 +184,7 @@ def test_calibration_band_and_smallest(acc: str) -> None:
 def test_calibration_monotone_in_prior() -> None:
     sigmas = [
         calibrate_noise_multiplier(
-            3.0, 1e-5, 0.05, 300, prior=prior, accountant="pld"
+            3.0, 1e-5, sample_rate=0.05, steps=300, prior=prior, accountant="pld"
         ).noise_multiplier
         for prior in ([], [Mechanism("c", 10.0, 0.2, 20)], [CENTRAL])
     ]
@@ -191,19 +193,21 @@ def test_calibration_monotone_in_prior() -> None:
 
 def test_calibration_prior_exhausts_budget() -> None:
     with pytest.raises(PrivacyBudgetError, match="central_images alone spend eps="):
-        calibrate_noise_multiplier(0.5, 1e-5, 0.1, 100, prior=[CENTRAL], accountant="pld")
+        calibrate_noise_multiplier(
+            0.5, 1e-5, sample_rate=0.1, steps=100, prior=[CENTRAL], accountant="pld"
+        )
 
 
 @pytest.mark.parametrize("target", [0.0, -1.0])
 def test_calibration_bad_target(target: float) -> None:
     with pytest.raises(PrivacyBudgetError, match="target epsilon"):
-        calibrate_noise_multiplier(target, 1e-5, 0.1, 100)
+        calibrate_noise_multiplier(target, 1e-5, sample_rate=0.1, steps=100)
 
 
 def test_calibration_unreachable_under_rdp() -> None:
     # RDP's conversion to (eps, delta) has a floor (~ log(1/delta) / max order)
     with pytest.raises(PrivacyBudgetError, match="unreachable"):
-        calibrate_noise_multiplier(0.002, 1e-5, 0.1, 100, accountant="rdp")
+        calibrate_noise_multiplier(0.002, 1e-5, sample_rate=0.1, steps=100, accountant="rdp")
 
 
 # ---------------------------------------------------------------- ledger
@@ -259,7 +263,9 @@ def test_ledger_add_refuses_over_budget() -> None:
 
 def test_ledger_add_calibrated_fits_exactly() -> None:
     ledger = Ledger(1e-5, 4.0, "rdp", [CENTRAL])
-    mech = calibrate_noise_multiplier(4.0, 1e-5, 0.1, 50, prior=ledger.mechanisms, accountant="rdp")
+    mech = calibrate_noise_multiplier(
+        4.0, 1e-5, sample_rate=0.1, steps=50, prior=ledger.mechanisms, accountant="rdp"
+    )
     ledger.add(mech)
     assert 0.99 * 4.0 <= ledger.epsilon() <= 4.0
 

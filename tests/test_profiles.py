@@ -10,9 +10,9 @@ import yaml
 from test_data import make_celeba, make_idx_gz
 
 from easyhard import profiles
-from easyhard.config import ConfigError, from_mapping, merge
 from easyhard.config import Params as ParamsCls
 from easyhard.networks import build_unet, count_parameters
+from easyhard.schema import ConfigError, from_mapping, merge
 
 ROOT = profiles.PROFILE_DIR.parent
 BASE = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -108,22 +108,24 @@ SHORT = {  # a few steps of each stage; everything else (network, K, clip, sampl
 }
 
 
-def _run_stages(tmp_path, name, make_data, finetune):
-    from easyhard import stages
+def _run_stages(tmp_path, name, make_data, train_size, with_finetune):
+    from easyhard.pipeline import central_images, finetune, prepare, pretrain
+    from easyhard.pipeline.notebook import setup
 
     make_data(tmp_path / "data" / "raw")
     data = merge(profiles.load(name).merged(BASE), SHORT)
     data["data"]["root"] = "data/raw"
+    data["privacy"]["dataset_size"] = train_size  # the generated stand-in, not the real set
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    params, paths = stages.load_for_notebook(tmp_path, {})
+    params, paths = setup({}, tmp_path)
     meta = profiles.load(name).meta
-    stages.prepare(params, paths)
-    stages.central_images(params, paths, "dpfeta")
-    out = stages.pretrain_stage(params, paths, "dpfeta")
+    prepare.run(params, paths)
+    central_images.run(params, paths, "dpfeta")
+    out = pretrain.run(params, paths, "dpfeta")
     assert out["parameters"] == pytest.approx(meta["published_parameters"], rel=0.10)
     assert np.isfinite([r["loss"] for r in out["history"]]).all()
-    if finetune:  # one DP-SGD step, K = 32 noise draws per example, the published clip
-        f = stages.finetune(params, paths, "dpfeta")
+    if with_finetune:  # one DP-SGD step, K = 32 noise draws per example, the published clip
+        f = finetune.run(params, paths, "dpfeta")
         assert f["mechanism"].steps == 1 and np.isfinite(f["history"][0]["loss"])
     return params
 
@@ -131,12 +133,14 @@ def _run_stages(tmp_path, name, make_data, finetune):
 def test_mnist_profile_runs_the_training_stages_on_cpu(tmp_path):
     t = time.perf_counter()
     p = _run_stages(
-        tmp_path, "mnist-eps10", lambda r: make_idx_gz(r, "MNIST", 40, 20), finetune=True
+        tmp_path, "mnist-eps10", lambda r: make_idx_gz(r, "MNIST", 40, 20), 40, with_finetune=True
     )
     assert p.network.channels == (64, 64) and p.edm.noise_multiplicity == 32
     assert time.perf_counter() - t < 120
 
 
 def test_celeba_profile_prepares_and_pretrains_on_cpu(tmp_path):
-    p = _run_stages(tmp_path, "celeba-eps10", lambda r: make_celeba(r, n=12), finetune=False)
+    p = _run_stages(
+        tmp_path, "celeba-eps10", lambda r: make_celeba(r, n=12), 6, with_finetune=False
+    )
     assert p.data.image_size == 32 and p.network.channels == (64, 128)

@@ -8,30 +8,36 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from easyhard import stages
-from easyhard.config import merge
+from easyhard.config import defaults
+from easyhard.pipeline import central_images, finetune, prepare, pretrain
+from easyhard.pipeline.notebook import setup
+from easyhard.pipeline.paths import Paths
 from easyhard.privacy import Ledger
+from easyhard.schema import merge
 from tests.test_pipeline import TINY, write_params
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 RESUME = merge(TINY, {"finetune": {"sample_rate": 0.05, "epochs": 1.5, "checkpoint_every": 1}})
 SCRIPT = (
-    "import sys\nfrom easyhard import stages\n"
-    "params, paths = stages.load_for_notebook(sys.argv[1], {})\n"
-    "stages.finetune(params, paths, 'dpdm')\n"
+    "import sys\nfrom easyhard.pipeline import finetune, notebook\n"
+    "params, paths = notebook.setup(root=sys.argv[1])\n"
+    "finetune.run(params, paths, 'dpdm')\n"
 )
 
 
 def _prepared(root: Path, randomness: str) -> Path:
     write_params(root, merge(RESUME, {"privacy": {"randomness": randomness}}))
-    params, paths = stages.load_for_notebook(root, {})
-    stages.prepare(params, paths)
-    stages.central_images(params, paths, "dpdm")
-    stages.pretrain_stage(params, paths, "dpdm")
+    params, paths = setup({}, root)
+    prepare.run(params, paths)
+    central_images.run(params, paths, "dpdm")
+    pretrain.run(params, paths, "dpdm")
     return root
 
 
@@ -61,14 +67,14 @@ def test_sigkill_then_rerun_counts_every_released_step_once(prepared, tmp_path):
     the weights are bit-identical too (secure mode draws fresh noise after the checkpoint)."""
     mode, base = prepared
     ref = _copy(base, tmp_path / "ref")
-    params, paths = stages.load_for_notebook(ref, {})
-    out_ref = stages.finetune(params, paths, "dpdm")
+    params, paths = setup({}, ref)
+    out_ref = finetune.run(params, paths, "dpdm")
     total = out_ref["mechanism"].steps
     assert total == 30
     assert not paths.checkpoint("dpdm", "finetune").exists()  # cleared once complete
 
     run = _copy(base, tmp_path / "run")
-    rpaths = stages.Paths(run)
+    rpaths = Paths(run)
     ckpt = rpaths.checkpoint("dpdm", "finetune")
     kill_at = random.Random(os.getpid()).randint(3, 12)
     proc = subprocess.Popen(
@@ -93,8 +99,8 @@ def test_sigkill_then_rerun_counts_every_released_step_once(prepared, tmp_path):
     assert partial.mechanisms[-1].steps == killed_at
     assert (blob["noise"] is None) == (mode == "secure")
 
-    rparams, _ = stages.load_for_notebook(run, {})
-    out = stages.finetune(rparams, rpaths, "dpdm")
+    rparams, _ = setup({}, run)
+    out = finetune.run(rparams, rpaths, "dpdm")
     assert not ckpt.exists()
     resumed, reference = Ledger.load(rpaths.ledger("dpdm")), Ledger.load(paths.ledger("dpdm"))
     assert resumed == reference
@@ -113,19 +119,19 @@ def test_sigkill_then_rerun_counts_every_released_step_once(prepared, tmp_path):
 
 def test_stale_checkpoint_of_another_run_is_ignored(prepared, tmp_path):
     run = _copy(prepared[1], tmp_path / "stale")
-    paths = stages.Paths(run)
+    paths = Paths(run)
     ckpt = paths.checkpoint("dpdm", "finetune")
     ckpt.parent.mkdir(parents=True)
     torch.save({"fingerprint": "another run", "step": 29}, ckpt)
-    params, _ = stages.load_for_notebook(run, {})
-    out = stages.finetune(params, paths, "dpdm")
+    params, _ = setup({}, run)
+    out = finetune.run(params, paths, "dpdm")
     assert len(out["history"]) == 30  # started from step 0, not 29
 
 
 def test_crafted_pickle_in_a_checkpoint_or_model_file_is_refused(prepared, tmp_path):
     """torch.load(weights_only=True): a payload hidden in model.pt / a checkpoint never runs."""
-    from easyhard.checkpoint import load_model
-    from easyhard.resume import Checkpointer
+    from easyhard.checkpoint import Checkpointer
+    from easyhard.modelfile import load_model
 
     marker = tmp_path / "pwned"
 
@@ -148,8 +154,8 @@ def test_same_seed_same_weights(prepared, tmp_path):
     states = []
     for name in ("a", "b"):
         root = _copy(prepared[1], tmp_path / name)
-        params, paths = stages.load_for_notebook(root, {"finetune": {"epochs": 0.2}})
-        stages.finetune(params, paths, "dpdm")
+        params, paths = setup({"finetune": {"epochs": 0.2}}, root)
+        finetune.run(params, paths, "dpdm")
         states.append((_state(paths.model("dpdm", "finetune")), Ledger.load(paths.ledger("dpdm"))))
     (a, la), (b, lb) = states
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -157,13 +163,12 @@ def test_same_seed_same_weights(prepared, tmp_path):
 
 
 def test_pretrain_resumes_bit_identically(tmp_path):
-    from easyhard.checkpoint import build_denoiser
-    from easyhard.config import EDMConfig, NetworkConfig, PretrainConfig
-    from easyhard.resume import Checkpointer
+    from easyhard.checkpoint import Checkpointer
+    from easyhard.modelfile import build_denoiser
     from easyhard.train import pretrain
 
-    net = NetworkConfig(channels=(8, 16), attention=(False, True), norm_groups=4)
-    cfg = PretrainConfig(steps=4, batch_size=4, log_every=1, checkpoint_every=2)
+    net = replace(DEFAULTS.network, channels=(8, 16), attention=(False, True), norm_groups=4)
+    cfg = replace(DEFAULTS.pretrain, steps=4, batch_size=4, log_every=1, checkpoint_every=2)
     x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     y = torch.arange(10) % 3
 
@@ -171,11 +176,11 @@ def test_pretrain_resumes_bit_identically(tmp_path):
         torch.manual_seed(0)
         return build_denoiser(net, (1, 8, 8), 3, 0.5)
 
-    ref_ema, ref_hist = pretrain(fresh(), x, y, cfg, EDMConfig(), seed=1, progress=False)
+    ref_ema, ref_hist = pretrain(fresh(), x, y, cfg, DEFAULTS.edm, seed=1, progress=False)
     ckpt = Checkpointer(tmp_path / "p.pt", cfg.checkpoint_every, "fp")
-    pretrain(fresh(), x, y, cfg, EDMConfig(), seed=1, progress=False, checkpoint=ckpt)
+    pretrain(fresh(), x, y, cfg, DEFAULTS.edm, seed=1, progress=False, checkpoint=ckpt)
     assert torch.load(ckpt.path, weights_only=True)["step"] == 2  # the state a crash leaves
-    ema, hist = pretrain(fresh(), x, y, cfg, EDMConfig(), seed=1, progress=False, checkpoint=ckpt)
+    ema, hist = pretrain(fresh(), x, y, cfg, DEFAULTS.edm, seed=1, progress=False, checkpoint=ckpt)
     a, b = ref_ema.model.state_dict(), ema.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert hist.rows == ref_hist.rows

@@ -7,12 +7,13 @@ Deterministic samplers: close to the closed-form probability-flow ODE endpoint.
 """
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 from gaussian_toy import MU, SD, GaussianDenoiser, S, exact_flow, exact_moments
 
-from easyhard.config import ConfigError, NetworkConfig, SampleConfig
+from easyhard.config import defaults
 from easyhard.edm import Denoiser, c_in, c_noise, c_out, c_skip
 from easyhard.networks import build_unet
 from easyhard.samplers import (
@@ -22,6 +23,28 @@ from easyhard.samplers import (
     network_calls,
     restart_plan,
     sample,
+)
+from easyhard.schema import ConfigError
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
+# every test states the sampler settings it needs on top of params.yaml's sample section, starting
+# from no churn and the paper's Restart settings (params.yaml's defaults may be anything valid)
+BASE = replace(
+    DEFAULTS.sample,
+    sampler="heun",
+    steps=18,
+    churn=0.0,
+    churn_tmin=0.0,
+    churn_tmax=None,
+    churn_noise=1.0,
+    restart_k=2,
+    restart_steps=2,
+    restart_tmin=0.06,
+    restart_tmax=0.3,
+    sigma_min=0.002,
+    sigma_max=80.0,
+    rho=7.0,
+    guidance=1.0,
 )
 
 
@@ -37,7 +60,7 @@ def _one_thread():
 
 def draw(labels, shape=(1, 4, 4), seed=0, **kw):
     den = GaussianDenoiser()
-    cfg = SampleConfig(**kw)
+    cfg = replace(BASE, **kw)
     x = sample(den, labels, shape, cfg, torch.Generator().manual_seed(seed)).double()
     return x, den, cfg
 
@@ -151,12 +174,12 @@ def test_denoiser_calls_equal_network_calls(kw, guidance):
 
 
 def test_network_call_formulas():
-    assert network_calls(SampleConfig(sampler="heun", steps=18)) == 35
-    assert network_calls(SampleConfig(sampler="euler", steps=10)) == 10
-    assert network_calls(SampleConfig(sampler="dpmsolver", steps=20)) == 20
-    assert network_calls(SampleConfig(sampler="sde-dpmsolver", steps=20)) == 20
+    assert network_calls(replace(BASE, sampler="heun", steps=18)) == 35
+    assert network_calls(replace(BASE, sampler="euler", steps=10)) == 10
+    assert network_calls(replace(BASE, sampler="dpmsolver", steps=20)) == 20
+    assert network_calls(replace(BASE, sampler="sde-dpmsolver", steps=20)) == 20
     # Xu et al.'s CIFAR-10 setting: 18 main steps, 2 restarts of N_restart = 3 levels: NFE 43
-    paper = SampleConfig(sampler="restart", steps=18, restart_k=2, restart_steps=2)
+    paper = replace(BASE, sampler="restart", steps=18, restart_k=2, restart_steps=2)
     assert network_calls(paper) == 43
 
 
@@ -203,7 +226,7 @@ def test_dpmsolver_scheduler_conventions_match_ours():
     """diffusers' scheduler uses our schedule and preconditioning: Karras sigmas + final 0,
     c_in, c_noise = ln(sigma)/4, and D = c_skip x + c_out F for prediction_type='epsilon'."""
     for sampler in ("dpmsolver", "sde-dpmsolver"):
-        cfg = SampleConfig(sampler=sampler, steps=12, sigma_min=0.01, sigma_max=40.0, rho=5.0)
+        cfg = replace(BASE, sampler=sampler, steps=12, sigma_min=0.01, sigma_max=40.0, rho=5.0)
         sched = dpmsolver_scheduler(cfg, SD)
         want = "sde-dpmsolver++" if sampler == "sde-dpmsolver" else "dpmsolver++"
         assert sched.config.algorithm_type == want
@@ -253,7 +276,7 @@ def test_guided_sampling_targets_the_guided_mean():
 
 def test_guidance_one_batched_forward_matches_separate_passes():
     torch.manual_seed(0)
-    net = NetworkConfig(channels=(8, 16), attention=(False, False))
+    net = replace(DEFAULTS.network, channels=(8, 16), attention=(False, False))
     den = Denoiser(build_unet(net, (1, 8, 8), 3), SD, 3).eval()
     x = torch.randn(5, 1, 8, 8)
     s = torch.full((5,), 1.3)
@@ -317,11 +340,11 @@ def test_churn_window_and_noise_scale():
 )
 def test_bad_sample_configs_rejected_in_one_line(kw, match):
     with pytest.raises(ConfigError, match=match) as e:
-        SampleConfig(**kw)
+        replace(BASE, **kw)
     assert "\n" not in str(e.value)
 
 
 def test_restart_keys_do_not_constrain_other_samplers():
     """The restart interval is only checked against sigma_min / sigma_max for sampler=restart."""
-    cfg = SampleConfig(sampler="heun", sigma_min=0.1, restart_tmin=0.06)
+    cfg = replace(BASE, sampler="heun", sigma_min=0.1, restart_tmin=0.06)
     assert network_calls(cfg) == 35

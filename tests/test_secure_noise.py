@@ -10,7 +10,7 @@ The adversary knows the code, params.yaml (with its seed), every other record an
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,16 @@ import torch
 import yaml
 
 from easyhard import data as D
-from easyhard import stages
 from easyhard.central import class_sums, noisy_statistic, release_scale
-from easyhard.config import CentralConfig, merge
+from easyhard.config import defaults
+from easyhard.pipeline import central_images, finetune, pretrain, release
+from easyhard.pipeline.notebook import setup
+from easyhard.pipeline.paths import Paths
 from easyhard.privacy import Ledger
 from easyhard.privacy.randomness import SecureSource, SeededSource
+from easyhard.schema import merge
+
+DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 ROOT = Path(__file__).resolve().parents[1]
 N, K, SHAPE = 400, 4, (1, 8, 8)
@@ -58,7 +63,7 @@ def _repo(root: Path, randomness: str, train: D.ImageSet, extra: dict | None = N
     over = merge(merge(SMALL, {"privacy": {"randomness": randomness}}), extra or {})
     root.mkdir(parents=True, exist_ok=True)
     (root / "params.yaml").write_text(yaml.safe_dump(merge(base, over)))
-    params, paths = stages.load_for_notebook(root, {})
+    params, paths = setup({}, root)
     D.save_npz(paths.train, train)
     D.save_npz(paths.test, _images(8, seed=1))
     return params, paths
@@ -68,7 +73,7 @@ def _repo(root: Path, randomness: str, train: D.ImageSet, extra: dict | None = N
 MANY = {"privacy": {"epsilon": 500.0, "accountant": "rdp"}, "central": {"queries": 32}}
 
 
-def _released_central(paths: stages.Paths) -> np.ndarray:
+def _released_central(paths: Paths) -> np.ndarray:
     with np.load(paths.central("dpfeta")) as f:
         return f["x"].astype(np.float64)
 
@@ -84,7 +89,7 @@ def test_secure_central_releases_differ_and_the_public_seed_replays_nothing(tmp_
     released, ledgers = [], []
     for run in ("a", "b"):
         params, paths = _repo(tmp_path / run, "secure", train, MANY)
-        out = stages.central_images(params, paths, "dpfeta")
+        out = central_images.run(params, paths, "dpfeta")
         released.append(_released_central(paths))
         ledgers.append(Ledger.load(paths.central_ledger("dpfeta")))
         assert out["scale"].std > 0
@@ -110,7 +115,7 @@ def test_seeded_central_is_bit_identical_replayable_and_marked_not_private(tmp_p
     released = []
     for run in ("a", "b"):
         params, paths = _repo(tmp_path / run, "seeded", train, MANY)
-        stages.central_images(params, paths, "dpfeta")
+        central_images.run(params, paths, "dpfeta")
         released.append(_released_central(paths))
         assert Ledger.load(paths.central_ledger("dpfeta")).private is False
     assert np.array_equal(released[0], released[1])
@@ -125,13 +130,13 @@ def test_seeded_central_is_bit_identical_replayable_and_marked_not_private(tmp_p
 def _one_step(noise) -> dict[str, torch.Tensor]:
     """One DP-SGD step (6 examples, C = 0.1, noise multiplier 1) of the project's DPSGD."""
     from easyhard.dpsgd import DPSGD
-    from easyhard.train import EDMLoss
+    from easyhard.multiplicity import PerExampleLoss
     from tests.test_dpsgd import batch, small_denoiser
 
     den = small_denoiser(True)
     x, y, sigma, nz, drop = batch(6, 2)
     dp = DPSGD(
-        EDMLoss(den),
+        PerExampleLoss(den),
         noise_multiplier=1.0,
         clip=0.1,
         expected_batch=6.0,
@@ -144,13 +149,13 @@ def _one_step(noise) -> dict[str, torch.Tensor]:
 
 def test_dp_sgd_step_secure_noise_is_fresh_and_not_the_public_seeds(tmp_path):
     from easyhard.dpsgd import clipped_sum, per_example_grads
-    from easyhard.train import EDMLoss
+    from easyhard.multiplicity import PerExampleLoss
     from tests.test_dpsgd import batch, small_denoiser
 
     params, _ = _repo(tmp_path, "secure", _images(N))
-    a = _one_step(stages.noise_for(params, "dp_sgd"))
-    b = _one_step(stages.noise_for(params, "dp_sgd"))
-    grads, _ = per_example_grads(EDMLoss(small_denoiser(True)), *batch(6, 2))
+    a = _one_step(release.noise_for(params, "dp_sgd"))
+    b = _one_step(release.noise_for(params, "dp_sgd"))
+    grads, _ = per_example_grads(PerExampleLoss(small_denoiser(True)), *batch(6, 2))
     summed, _ = clipped_sum(grads, 0.1)
     replay = SeededSource(params.seed, "dp_sgd")
     noise_a, noise_b, guess = [], [], []
@@ -165,8 +170,8 @@ def test_dp_sgd_step_secure_noise_is_fresh_and_not_the_public_seeds(tmp_path):
     assert np.std(na) == pytest.approx(0.1, rel=0.05)  # std = noise_multiplier * C
 
     seeded, _ = _repo(tmp_path / "s", "seeded", _images(N))
-    c = _one_step(stages.noise_for(seeded, "dp_sgd"))
-    d = _one_step(stages.noise_for(seeded, "dp_sgd"))
+    c = _one_step(release.noise_for(seeded, "dp_sgd"))
+    d = _one_step(release.noise_for(seeded, "dp_sgd"))
     assert all(torch.equal(c[k], d[k]) for k in c)
 
 
@@ -175,9 +180,9 @@ def test_seeded_finetune_is_bit_identical_secure_is_not(tmp_path):
     for mode in ("seeded", "secure"):
         for run in ("a", "b"):
             params, paths = _repo(tmp_path / mode / run, mode, _images(N))
-            stages.central_images(params, paths, "dpdm")
-            stages.pretrain_stage(params, paths, "dpdm")
-            stages.finetune(params, paths, "dpdm")
+            central_images.run(params, paths, "dpdm")
+            pretrain.run(params, paths, "dpdm")
+            finetune.run(params, paths, "dpdm")
             state = torch.load(paths.model("dpdm", "finetune"), weights_only=True)["state_dict"]
             weights[mode, run] = state
             ledger = Ledger.load(paths.ledger("dpdm"))
@@ -214,7 +219,7 @@ class RecordingSource:
 def test_noise_scales_and_normalisers_do_not_depend_on_the_data(tmp_path, monkeypatch):
     """D and D plus one record: identical noise stds, central normaliser and DP-SGD q*N."""
     seen: dict[str, dict] = {}
-    real_finetune = stages.dp_finetune
+    real_finetune = finetune.dp_finetune
 
     def spy_finetune(*args, **kwargs):
         seen[current]["finetune"] = {
@@ -224,12 +229,15 @@ def test_noise_scales_and_normalisers_do_not_depend_on_the_data(tmp_path, monkey
 
     sources: list[RecordingSource] = []
 
-    def recording(params, stream, world=stages.SINGLE_PROCESS):
+    def recording(params, stream, world=None):
         sources.append(RecordingSource(SeededSource(params.seed, stream)))
         return sources[-1]
 
-    monkeypatch.setattr(stages, "dp_finetune", spy_finetune)
-    monkeypatch.setattr(stages, "noise_for", recording)
+    monkeypatch.setattr(finetune, "dp_finetune", spy_finetune)
+    monkeypatch.setattr(
+        central_images, "noise_for", recording
+    )  # what each querying stage draws from
+    monkeypatch.setattr(finetune, "noise_for", recording)
     base = _images(N)
     extreme = D.ImageSet(
         np.concatenate([base.x, np.ones((1, *SHAPE), np.float32)]),
@@ -240,10 +248,10 @@ def test_noise_scales_and_normalisers_do_not_depend_on_the_data(tmp_path, monkey
         seen[current] = {}
         sources.clear()
         params, paths = _repo(tmp_path / current, "seeded", data)
-        out = stages.central_images(params, paths, "dpfeta")
+        out = central_images.run(params, paths, "dpfeta")
         seen[current]["central"] = out["scale"]
-        stages.pretrain_stage(params, paths, "dpfeta")
-        stages.finetune(params, paths, "dpfeta")
+        pretrain.run(params, paths, "dpfeta")
+        finetune.run(params, paths, "dpfeta")
         seen[current]["stds"] = [s for src in sources for s in src.stds]
     assert seen["D"] == seen["D+1"]
     assert seen["D"]["finetune"]["expected_batch"] == 0.02 * N  # q * declared N
@@ -253,7 +261,7 @@ def test_noise_scales_and_normalisers_do_not_depend_on_the_data(tmp_path, monkey
 def test_declared_size_far_from_the_data_stops_before_any_query(tmp_path):
     params, paths = _repo(tmp_path, "secure", _images(N), {"privacy": {"dataset_size": 600}})
     with pytest.raises(D.DataError, match="privacy.dataset_size=600"):
-        stages.central_images(params, paths, "dpfeta")
+        central_images.run(params, paths, "dpfeta")
     assert not paths.central_ledger("dpfeta").exists()
 
 
@@ -273,7 +281,8 @@ class _Exact:
 @pytest.mark.parametrize("kind", ["mean", "mode"])
 @pytest.mark.parametrize("bad", [1e6, -5.0, np.nan])
 def test_central_sensitivity_holds_for_pixels_outside_0_1(kind, bad):
-    cfg = CentralConfig(
+    cfg = replace(
+        DEFAULTS.central,
         type=kind,
         noise_multiplier=1.0,
         sample_rate=1.0,

@@ -19,11 +19,10 @@ from easyhard.io import write_json
 from easyhard.privacy.accounting import (
     ACCOUNTANTS,
     Mechanism,
-    calibrate_noise_multiplier,
     compose_epsilon,
-    steps_for_epochs,
 )
 from easyhard.privacy.ledger import Ledger
+from easyhard.privacy.plan import plan_release
 
 PROG = "python -m easyhard.privacy"
 
@@ -71,6 +70,9 @@ def _parser() -> _Parser:
     length.add_argument("--steps", type=int, help="DP-SGD steps")
     length.add_argument("--epochs", type=float, help="DP-SGD epochs (steps = round(epochs/q))")
     plan.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
+    plan.add_argument(
+        "--dataset-size", type=int, default=None, help="declared N: checks that q*N >= 1"
+    )
     plan.add_argument("--out", help="write the ledger JSON here")
 
     eps = sub.add_parser("epsilon", help="recompute the epsilon of a ledger file")
@@ -122,21 +124,28 @@ def _plan(args: argparse.Namespace) -> None:
         raise ValueError(f"--delta must be in (0, 1), got {args.delta:g}")
     if not 0 < args.sample_rate <= 1:
         raise ValueError(f"--sample-rate must be in (0, 1], got {args.sample_rate:g}")
-    if args.steps is not None:
-        steps = args.steps
-    else:
-        steps = steps_for_epochs(args.epochs, args.sample_rate)
-    if steps < 1:
-        raise ValueError(f"DP-SGD needs at least one step, got {steps}")
     many = len(args.central) > 1
     central = [
         Mechanism(f"central_images_{i}" if many else "central_images", sigma, q, t)
         for i, (sigma, q, t) in enumerate(args.central, start=1)
     ]
-    sgd = calibrate_noise_multiplier(
-        args.epsilon, args.delta, args.sample_rate, steps, prior=central, accountant=args.accountant
+    release = plan_release(
+        epsilon=args.epsilon,
+        delta=args.delta,
+        accountant=args.accountant,
+        dataset_size=args.dataset_size,
+        sample_rate=args.sample_rate,
+        epochs=args.epochs,
+        steps=args.steps,
+        warmups=central,
     )
-    ledger = Ledger(args.delta, args.epsilon, args.accountant, [*central, sgd])
+    sgd = release.dp_sgd
+    ledger = Ledger(
+        delta=args.delta,
+        target_epsilon=args.epsilon,
+        accountant=args.accountant,
+        mechanisms=list(release.mechanisms),
+    )
     record = _report(ledger)
     print(f"noise_multiplier={sgd.noise_multiplier!r}")
     if args.out:

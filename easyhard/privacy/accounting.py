@@ -262,6 +262,7 @@ def _solve_sigma(
 def calibrate_noise_multiplier(
     target_epsilon: float,
     delta: float,
+    *,
     sample_rate: float,
     steps: int,
     prior: Sequence[Mechanism] = (),

@@ -1,4 +1,4 @@
-"""Tests for easyhard.metrics (Inception features are slow on CPU: keep image counts tiny)."""
+"""Tests for easyhard.fid (Inception features are slow on CPU: keep image counts tiny)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-import easyhard.metrics as M
+import easyhard.data as D
+import easyhard.fid as M
 
 N_FID = 32  # images per set for the FID checks
 CLEANFID_WEIGHTS = M.CLEANFID_WEIGHTS
@@ -85,7 +86,7 @@ def test_offline_features_match_cleanfid_wrapper(png_folder, feats8, offline_net
     diff = np.abs(ours - ref).max()
     print(f"max abs feature difference vs clean-fid wrapper: {diff:.3g}")
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
-    from_folder = M.inception_features(M.load_images(folder), progress=False)
+    from_folder = M.inception_features(D.load_images(folder), progress=False)
     np.testing.assert_allclose(from_folder, ref, rtol=0, atol=1e-5)
     # torch input and 3-channel input give the same features
     rgb = torch.from_numpy(np.repeat(x[:2], 3, axis=1))
@@ -182,7 +183,7 @@ def test_save_load_features(tmp_path):
 
 def test_load_images_folder(png_folder, tmp_path):
     folder, x = png_folder
-    imgs = M.load_images(folder)
+    imgs = D.load_images(folder)
     assert imgs.shape == (8, 1, 28, 28) and imgs.dtype == np.float32
     np.testing.assert_allclose(imgs, x, atol=0.5 / 255 + 1e-6)
 
@@ -191,7 +192,7 @@ def test_load_images_folder(png_folder, tmp_path):
     data = np.random.default_rng(0).integers(0, 256, size=(3, 10, 12, 3), dtype=np.uint8)
     for i, img in enumerate(data):
         Image.fromarray(img).save(rgb / f"{i}.bmp")
-    loaded = M.load_images(rgb)
+    loaded = D.load_images(rgb)
     assert loaded.shape == (3, 3, 10, 12)
     np.testing.assert_array_equal(
         np.rint(loaded * 255).astype(np.uint8), data.transpose(0, 3, 1, 2)
@@ -203,24 +204,24 @@ def test_load_images_errors(tmp_path):
     empty.mkdir()
     (empty / "notes.txt").write_text("no images")
     with pytest.raises(ValueError, match="empty"):
-        M.load_images(empty)
+        D.load_images(empty)
 
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(mixed / "a.png")
     Image.fromarray(np.zeros((9, 8), np.uint8)).save(mixed / "b.png")
     with pytest.raises(ValueError, match="b.png"):
-        M.load_images(mixed)
+        D.load_images(mixed)
 
     broken = tmp_path / "broken"
     broken.mkdir()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(broken / "a.png")
     (broken / "c.jpg").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="c.jpg"):
-        M.load_images(broken)
+        D.load_images(broken)
 
     with pytest.raises(ValueError, match="does not exist"):
-        M.load_images(tmp_path / "missing")
+        D.load_images(tmp_path / "missing")
 
 
 def test_load_images_npz(tmp_path):
@@ -232,17 +233,17 @@ def test_load_images_npz(tmp_path):
     np.savez(tmp_path / "float.npz", x=expected)
     np.savez(tmp_path / "grey.npz", x=u8[..., 0])
     for name in ("nhwc", "nchw", "float"):
-        loaded = M.load_images(tmp_path / f"{name}.npz")
+        loaded = D.load_images(tmp_path / f"{name}.npz")
         assert loaded.dtype == np.float32
         np.testing.assert_allclose(loaded, expected, atol=1e-6)
-    assert M.load_images(tmp_path / "grey.npz").shape == (4, 1, 8, 8)
+    assert D.load_images(tmp_path / "grey.npz").shape == (4, 1, 8, 8)
 
     np.savez(tmp_path / "signed.npz", x=expected * 2 - 1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        M.load_images(tmp_path / "signed.npz")
+        D.load_images(tmp_path / "signed.npz")
     np.savez(tmp_path / "nox.npz", y=np.zeros(3))
     with pytest.raises(ValueError, match="'x'"):
-        M.load_images(tmp_path / "nox.npz")
+        D.load_images(tmp_path / "nox.npz")
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -269,7 +270,7 @@ def test_cli_fid(png_folder, feats8, tmp_path, capsys, offline_net):
 
 def test_cli_bad_path_subprocess(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "easyhard.metrics", "fid", str(tmp_path / "a"), str(tmp_path)],
+        [sys.executable, "-m", "easyhard.fid", "fid", str(tmp_path / "a"), str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -278,104 +279,3 @@ def test_cli_bad_path_subprocess(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and str(tmp_path / "a") in lines[0]
     assert proc.stdout == ""
-
-
-# ------------------------------------------------------------------------------ utility
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    return train_test_split(x, d.target, test_size=0.3, random_state=0, stratify=d.target)
-
-
-def test_cnn_digits(digits):
-    xtr, xte, ytr, yte = digits
-    res = M.classifier_accuracy(xtr, ytr, xte, yte, 10, epochs=6, seed=0, progress=False)
-    assert res["accuracy"] > 0.9
-    assert 1 <= res["best_epoch"] <= 6 and 0.0 <= res["val_accuracy"] <= 1.0
-
-    shuffled = np.random.default_rng(0).permutation(ytr)
-    res = M.classifier_accuracy(xtr, shuffled, xte, yte, 10, epochs=3, seed=0, progress=False)
-    assert res["accuracy"] < 0.3
-
-
-def test_cnn_deterministic_and_blind_to_test_labels(digits):
-    xtr, xte, ytr, yte = digits
-    xtr, ytr = xtr[:300], ytr[:300]
-    kw = dict(n_classes=10, epochs=3, seed=3, progress=False)
-    state = torch.random.get_rng_state()
-    a = M.classifier_accuracy(xtr, ytr, xte, yte, **kw)
-    assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
-    b = M.classifier_accuracy(xtr, ytr, xte, yte, **kw)
-    assert a == b
-    c = M.classifier_accuracy(xtr, ytr, xte, (yte + 1) % 10, **kw)
-    assert (c["best_epoch"], c["val_accuracy"]) == (a["best_epoch"], a["val_accuracy"])
-    assert c["accuracy"] != a["accuracy"]
-
-
-def test_cnn_rgb_32():
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.random((40, 3, 32, 32), dtype=np.float32))
-    y = torch.from_numpy(np.arange(40) % 4)
-    res = M.classifier_accuracy(x, y, x[:8], y[:8], 4, epochs=1, val_fraction=0.0, progress=False)
-    assert res["best_epoch"] == 1 and np.isnan(res["val_accuracy"])
-    with pytest.raises(ValueError):
-        M.classifier_accuracy(x, y, x[:8, :1], y[:8], 4, epochs=1, progress=False)
-    with pytest.raises(ValueError):
-        M.classifier_accuracy(x, y + 4, x[:8], y[:8], 4, epochs=1, progress=False)
-
-
-def test_logistic_regression_digits(digits):
-    xtr, xte, ytr, yte = digits
-    res = M.logistic_regression_accuracy(xtr, ytr, xte, yte, 10, progress=False)
-    assert res["accuracy"] > 0.9 and res["best_C"] in (0.01, 0.1, 1.0)
-    shuffled = np.random.default_rng(0).permutation(ytr)
-    res = M.logistic_regression_accuracy(xtr, shuffled, xte, yte, 10, cs=(1.0,), progress=False)
-    assert res["accuracy"] < 0.3
-
-
-@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8), (3, 28, 28)])
-def test_resnet_shapes(shape):
-    net = M.build_classifier("resnet", *shape, n_classes=7)
-    assert net(torch.zeros(2, *shape)).shape == (2, 7)
-    with pytest.raises(ValueError, match="unknown classifier"):
-        M.build_classifier("vit", *shape, n_classes=7)
-
-
-def test_resnet_digits(digits):
-    xtr, xte, ytr, yte = digits
-    res = M.classifier_accuracy(
-        xtr, ytr, xte, yte, 10, epochs=6, seed=0, progress=False, arch="resnet"
-    )
-    assert res["accuracy"] > 0.85 and 1 <= res["best_epoch"] <= 6
-
-
-def test_utility_protocol(digits):
-    """Every classifier, every seed, flat mean/std keys; selection never sees the test labels."""
-    xtr, xte, ytr, yte = digits
-    xtr, ytr = xtr[:300], ytr[:300]
-    kw = dict(n_classes=10, seeds=2, epochs=2, seed=5, progress=False)
-    summary, runs = M.utility(xtr, ytr, xte, yte, **kw)
-    assert sorted(summary) == sorted(
-        f"{c}_acc_{k}" for c in ("cnn", "resnet", "logreg") for k in ("mean", "std")
-    )
-    assert [(r["classifier"], r["seed"]) for r in runs] == [
-        (c, s) for c in ("cnn", "resnet", "logreg") for s in (5, 6)
-    ]
-    for c in ("cnn", "resnet", "logreg"):
-        accs = [r["accuracy"] for r in runs if r["classifier"] == c]
-        assert summary[f"{c}_acc_mean"] == pytest.approx(np.mean(accs))
-        assert summary[f"{c}_acc_std"] == pytest.approx(np.std(accs))
-    # the test labels are used once, for scoring: permuting them changes nothing that was selected
-    _, runs2 = M.utility(xtr, ytr, xte, (yte + 1) % 10, **kw)
-    strip = [{k: v for k, v in r.items() if k != "accuracy"} for r in runs]
-    assert strip == [{k: v for k, v in r.items() if k != "accuracy"} for r in runs2]
-    only, _ = M.utility(xtr, ytr, xte, yte, classifiers=["logreg"], **kw)
-    assert list(only) == ["logreg_acc_mean", "logreg_acc_std"]
-    with pytest.raises(ValueError, match="classifiers"):
-        M.utility(xtr, ytr, xte, yte, classifiers=["svm"], **kw)

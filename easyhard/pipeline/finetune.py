@@ -1,0 +1,125 @@
+"""Stage ``finetune`` (the hard stage): DP-SGD fine-tuning of the pretrained model on the sensitive images.
+
+Before training, :func:`easyhard.privacy.plan.plan_release` calibrates the DP-SGD noise multiplier so
+that what the easy stage already spent plus every DP-SGD step meets the target (epsilon, delta). The
+ledger then holds every mechanism of the release. :mod:`easyhard.pipeline.launch` runs this on
+several processes (``finetune.processes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from easyhard.checkpoint import Checkpointer, digest
+from easyhard.config import Params
+from easyhard.data import load_npz
+from easyhard.dpsgd import expected_batch_size
+from easyhard.io import save_figure, write_json
+from easyhard.modelfile import load_model, save_model
+from easyhard.pipeline.paths import Paths
+from easyhard.pipeline.release import (
+    NOT_PRIVATE,
+    check_dataset_size,
+    is_private,
+    noise_for,
+    record_release,
+)
+from easyhard.pipeline.runtime import compute_settings, device
+from easyhard.plots import loss_figure
+from easyhard.privacy import Ledger
+from easyhard.privacy.plan import plan_release
+from easyhard.schema import to_dict
+from easyhard.train import dp_finetune
+from easyhard.world import SINGLE_PROCESS, World
+
+
+def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS) -> dict[str, Any]:
+    """DP-SGD fine-tuning on the sensitive set (this process's share of a ``world``).
+
+    Writes the EMA model, the ledger (every mechanism of the release) and the un-noised per-step
+    diagnostics (``loss.json`` and its figure, labelled not private); only rank 0 writes files.
+    """
+    train = load_npz(paths.train)
+    check_dataset_size(params, len(train))
+    ledger = Ledger.load(paths.central_ledger(method))
+    # private only if every mechanism in it drew secret noise (the central images and this stage)
+    ledger.private = ledger.private and is_private(params)
+    mech = plan_release(
+        epsilon=params.privacy.epsilon,
+        delta=params.privacy.delta,
+        accountant=params.privacy.accountant,
+        dataset_size=params.privacy.dataset_size,
+        sample_rate=params.finetune.sample_rate,
+        epochs=params.finetune.epochs,
+        warmups=ledger.mechanisms,
+    ).dp_sgd
+    ledger.remaining_check(mech)
+    dev = device(params)
+    den, _ = load_model(paths.model(method, "pretrain"), device=dev)
+    x = torch.as_tensor(train.x, device=dev)
+    y = torch.as_tensor(train.y, device=dev)
+    ckpt = Checkpointer(
+        paths.checkpoint(method, "finetune"),
+        params.finetune.checkpoint_every,
+        digest(
+            "finetune",
+            params.seed,
+            to_dict(params.finetune),
+            to_dict(params.edm),
+            mech.to_dict(),
+            [m.to_dict() for m in ledger.mechanisms],
+            den.state_dict(),
+            x,
+            y,
+        ),
+    )
+
+    def ledger_at(steps_done: int) -> dict[str, Any]:
+        """The ledger so far (mechanisms only; epsilon is recomputed from them when read)."""
+        spent = [*ledger.mechanisms, replace(mech, steps=steps_done)]
+        return {
+            "delta": ledger.delta,
+            "target_epsilon": ledger.target_epsilon,
+            "accountant": ledger.accountant,
+            "mechanisms": [m.to_dict() for m in spent],
+            "private": ledger.private,
+        }
+
+    ema, hist = dp_finetune(
+        den,
+        x,
+        y,
+        cfg=params.finetune,
+        edm=params.edm,
+        noise_multiplier=mech.noise_multiplier,
+        steps=mech.steps,
+        expected_batch=expected_batch_size(
+            params.privacy.dataset_size, params.finetune.sample_rate
+        ),
+        noise=noise_for(params, "dp_sgd", world),
+        seed=params.seed,
+        checkpoint=ckpt,
+        ledger_at=ledger_at,
+        world=world,
+        compute=compute_settings(params),
+    )
+    ledger.add(mech)
+    if not world.is_main:
+        return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": None}
+    record_release(params, paths, method, "finetune", [mech])
+    save_model(
+        paths.model(method, "finetune"),
+        ema.model,
+        params.network,
+        train.shape,
+        extra={"method": method, "noise_multiplier": mech.noise_multiplier, "steps": mech.steps},
+    )
+    write_json(paths.history(method, "finetune"), hist.rows)
+    ledger.save(paths.ledger(method))
+    ckpt.clear()
+    fig = loss_figure({method: hist.rows}, title=NOT_PRIVATE + ": DP-SGD fine-tuning loss")
+    fig_path = save_figure(fig, paths.figure(method, "finetune", "loss"))
+    return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": fig_path}
