@@ -128,3 +128,17 @@ def quality_vs_epsilon_figure(
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def audit_figure(scores: np.ndarray, included: np.ndarray, title: str = "") -> Figure:
+    """Histograms of the canary scores of IN and OUT canaries (overlap = no measurable leak)."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    bins = np.histogram_bin_edges(scores, bins=40)
+    ax.hist(scores[~included], bins=bins, alpha=0.6, label=f"OUT ({int((~included).sum())})")
+    ax.hist(scores[included], bins=bins, alpha=0.6, label=f"IN ({int(included.sum())})")
+    ax.set_xlabel("canary score (its coordinate summed over the noisy steps)")
+    ax.set_ylabel("canaries")
+    ax.legend()
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -22,7 +22,6 @@ import yaml
 from easyhard.config import SAMPLERS, Params
 from easyhard.pipeline import deps
 from easyhard.pipeline.notebook import setup
-from easyhard.schema import merge
 from tests.test_pipeline import TINY, write_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +113,7 @@ def _expand(entries: list[str]) -> set[str]:
 def keys_read(tmp_path_factory) -> dict[str, set[str]]:
     """Run every stage on tiny params and record the keys each reads (union over variants)."""
     from easyhard.pipeline import (
+        audit,
         central_images,
         evaluate,
         fid_reference,
@@ -131,7 +131,7 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
             fn(params, *args)
 
     root = tmp_path_factory.mktemp("keys")
-    write_params(root, merge(TINY, {"privacy": {"randomness": "seeded"}}))
+    write_params(root, TINY)
     params, paths = setup(root=root)
     run("prepare", prepare.run, params, paths)
     run("fid_reference", fid_reference.run, params, paths)
@@ -141,6 +141,7 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
         run("finetune", launch.run_finetune, params, paths, m)
         run("sample", sample.run, params, paths, m)
         run("evaluate", evaluate.run, params, paths, m)
+        run("audit", audit.run, params, paths, m)
     run("report", report.run, params, paths)
     # the branches the defaults do not take: mode central images, every sampler
     mode, _ = setup({"central": {"type": "mode"}}, root)

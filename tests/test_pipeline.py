@@ -40,6 +40,7 @@ STAGES = [
             ("05_finetune", "finetune"),
             ("06_sample", "sample"),
             ("07_evaluate", "evaluate"),
+            ("09_audit", "audit"),
         ]
     ],
     ("08_report", None, "report/08_report.ipynb"),
@@ -94,6 +95,39 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
         if p.name.endswith((".tmp", ".failed.ipynb")) or ".running." in p.name
     ]
     assert leftovers == []
+
+
+def test_audit_certifies_no_more_than_the_ledger_claims(tiny_run):
+    for m in ("dpfeta", "dpdm"):
+        audit = json.loads((tiny_run / "runs" / m / "audit.json").read_text())
+        assert audit["enabled"] and audit["passed"] and audit["private"]
+        assert 0.0 <= audit["epsilon_lower_bound"] <= audit["claimed_epsilon"] <= audit["epsilon"]
+        assert 0.0 <= audit["blackbox_auc"] <= 1.0
+        assert (tiny_run / "runs" / m / "audit" / "canary_scores.png").is_file()
+
+
+def test_audit_stage_fails_in_one_line_when_the_noise_is_public(tiny_run, tmp_path):
+    """A seeded release whose ledger claims eps = 1 for DP-SGD (q = 0.3, 5 steps): the auditor
+    replays the public seed, certifies more than that, and the stage exits non-zero with one
+    clear error line."""
+    import shutil
+
+    from easyhard.privacy import Ledger, calibrate_noise_multiplier
+
+    root = tmp_path / "seeded"
+    shutil.copytree(tiny_run / "data", root / "data")
+    shutil.copytree(tiny_run / "runs/dpdm/finetune", root / "runs/dpdm/finetune")
+    write_params(root, merge(TINY, {"privacy": {"epsilon": 1.0, "randomness": "seeded"}}))
+    sgd = calibrate_noise_multiplier(1.0, 1e-4, sample_rate=0.3, steps=5)
+    Ledger(1e-4, 1.0, "prv", [sgd], private=False).save(root / "runs/dpdm/ledger.json")
+    r = _runner(
+        root, str(NB / "09_audit.ipynb"), "runs/dpdm/audit/09_audit.ipynb", "--method", "dpdm"
+    )
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: AuditFailure: dpdm: the audit certifies eps >=")
+    assert "seeded randomness" in last
+    assert not (root / "runs/dpdm/audit/09_audit.ipynb").exists()
 
 
 def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):

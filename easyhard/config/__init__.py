@@ -30,7 +30,7 @@ from easyhard.config.choices import (
     RANDOMNESS,
     SAMPLERS,
 )
-from easyhard.config.evaluation import EvaluateConfig, SampleConfig
+from easyhard.config.evaluation import AuditConfig, EvaluateConfig, SampleConfig
 from easyhard.config.sections import CentralConfig, DataConfig, PrivacyConfig
 from easyhard.config.training import (
     ComputeConfig,
@@ -51,6 +51,7 @@ __all__ = [
     "PRECISIONS",
     "RANDOMNESS",
     "SAMPLERS",
+    "AuditConfig",
     "CentralConfig",
     "ComputeConfig",
     "DataConfig",
@@ -83,6 +84,7 @@ class Params:
     finetune: FinetuneConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
+    audit: AuditConfig
     compute: ComputeConfig
 
     def __post_init__(self) -> None:

@@ -1,15 +1,11 @@
-"""``params.yaml`` sections of sampling and evaluation: ``sample``, ``evaluate``."""
+"""``params.yaml`` sections of sampling and evaluation: ``sample``, ``evaluate``, ``audit``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from easyhard.config.choices import CLASSIFIERS, SAMPLERS
-from easyhard.schema import (
-    ConfigError,
-    choice,
-    positive,
-)
+from easyhard.schema import ConfigError, choice, in_open, positive
 
 
 @dataclass(frozen=True)
@@ -83,7 +79,7 @@ class SampleConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """FID against real training images and downstream accuracy on the held-out real test set."""
+    """FID / precision / recall and downstream accuracy, all against the held-out real test set."""
 
     fid_real_count: int
     fid_count: int
@@ -104,3 +100,24 @@ class EvaluateConfig:
         positive("evaluate.classifier_epochs", self.classifier_epochs)
         positive("evaluate.classifier_seeds", self.classifier_seeds)
         positive("evaluate.batch_size", self.batch_size)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The one-run privacy audit of each method's DP-SGD (white-box Dirac canaries) and of its
+    released model (black-box membership score); see :mod:`easyhard.pipeline.audit`."""
+
+    enabled: bool
+    canaries: int
+    confidence: float
+    canary_norm: float
+    blackbox_count: int
+
+    def __post_init__(self) -> None:
+        positive("audit.canaries", self.canaries)
+        in_open("audit.confidence", self.confidence, 0.0, 1.0)
+        if not self.canary_norm >= 1:
+            raise ConfigError(
+                f"audit.canary_norm must be >= 1 (x the clip C), got {self.canary_norm}"
+            )
+        positive("audit.blackbox_count", self.blackbox_count)

@@ -47,6 +47,9 @@ class Paths:
     def ledger(self, method: str) -> Path:
         return self.root / "runs" / method / "ledger.json"
 
+    def audit_metrics(self, method: str) -> Path:
+        return self.root / "runs" / method / "audit.json"
+
     def samples(self, method: str) -> Path:
         return self.stage(method, "sample") / "samples.npz"
 

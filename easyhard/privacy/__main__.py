@@ -4,6 +4,8 @@ python -m easyhard.privacy plan --epsilon 10 --delta 1e-5 --central 5,0.2,20 \\
     --sample-rate 0.1 --epochs 20 [--accountant prv|pld|rdp] [--out ledger.json]
 python -m easyhard.privacy epsilon ledger.json [--accountant prv|pld|rdp]
 python -m easyhard.privacy total [--root .] [--delta D] [--accountant A] [--all]
+python -m easyhard.privacy audit --sigma S --sample-rate Q --steps T --clip C --dataset-size N \
+    [--canaries 1000] [--delta 1e-5] [--confidence 0.95] [--grad-sampler layerwise]
 
 Bad input prints one error line on stderr and exits with status 2.
 """
@@ -15,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from easyhard.config import GRAD_SAMPLERS
 from easyhard.io import write_json
 from easyhard.privacy.accounting import (
     ACCOUNTANTS,
@@ -88,7 +91,59 @@ def _parser() -> _Parser:
     tot.add_argument(
         "--all", action="store_true", help="compose every release, whatever data it came from"
     )
+    aud = sub.add_parser(
+        "audit",
+        help="one-run white-box audit of a DP-SGD configuration with Dirac canaries (no data)",
+    )
+    aud.add_argument("--sigma", type=float, required=True, help="noise multiplier")
+    aud.add_argument("--sample-rate", type=float, required=True, help="Poisson rate q")
+    aud.add_argument("--steps", type=int, required=True, help="DP-SGD steps T")
+    aud.add_argument("--clip", type=float, default=1.0, help="clipping norm C")
+    aud.add_argument("--dataset-size", type=int, required=True, help="records N (q*N normaliser)")
+    aud.add_argument("--canaries", type=int, default=1000, help="m (each IN w.p. 1/2)")
+    aud.add_argument("--delta", type=float, default=1e-5)
+    aud.add_argument("--confidence", type=float, default=0.95)
+    aud.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
+    aud.add_argument("--grad-sampler", choices=GRAD_SAMPLERS, default="layerwise")
+    aud.add_argument("--canary-norm", type=float, default=4.0, help="canary gradient norm / C")
+    aud.add_argument("--seed", type=int, default=0, help="the canaries' coin flips")
     return parser
+
+
+def _audit(args: argparse.Namespace) -> None:
+    from easyhard.canaries import AuditSettings, dirac_audit
+    from easyhard.privacy.randomness import SecureSource
+
+    settings = AuditSettings(
+        noise_multiplier=args.sigma,
+        sample_rate=args.sample_rate,
+        steps=args.steps,
+        clip=args.clip,
+        dataset_size=args.dataset_size,
+        canaries=args.canaries,
+        grad_sampler=args.grad_sampler,
+        canary_norm=args.canary_norm,
+    )
+    res = dirac_audit(
+        settings,
+        noise=SecureSource(),
+        seed=args.seed,
+        delta=args.delta,
+        confidence=args.confidence,
+        accountant=args.accountant,
+    )
+    g = res.guesses
+    print(
+        f"{args.canaries} Dirac canaries ({int(res.included.sum())} IN), {args.steps} steps at "
+        f"q={args.sample_rate:g}, sigma={args.sigma:g}, C={args.clip:g}, N={args.dataset_size}"
+    )
+    print(f"guesses: {g['r']} made, {g['v']} correct (k+={g['k_plus']}, k-={g['k_minus']})")
+    verdict = "ok" if res.passed else "LEAKS MORE THAN CLAIMED"
+    print(
+        f"claimed eps={res.claimed_epsilon:.4f} ({args.accountant}, delta={args.delta:g}); "
+        f"certified lower bound at {args.confidence:.0%}: {res.epsilon_lower_bound:.4f}  {verdict}"
+    )
+    print(f"epsilon_lower_bound={res.epsilon_lower_bound!r}")
 
 
 def _print_table(mechanisms: Sequence[Mechanism], delta: float, accountant: str) -> None:
@@ -223,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 on bad input)."""
     try:
         args = _parser().parse_args(argv)
-        {"plan": _plan, "epsilon": _epsilon, "total": _total}[args.command](args)
+        {"plan": _plan, "epsilon": _epsilon, "total": _total, "audit": _audit}[args.command](args)
     except (_UsageError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
