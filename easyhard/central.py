@@ -32,19 +32,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from easyhard.config import CentralConfig
+from easyhard.config import CentralConfig, PrivacyConfig
 from easyhard.privacy import Mechanism
+from easyhard.privacy.plan import warmup_mechanism
 from easyhard.privacy.randomness import NoiseSource
 
 
 @dataclass(frozen=True)
 class CentralImages:
-    """Released central images (float32 NCHW in [0, 1]) with their labels and query index."""
+    """Released central images (float32 NCHW in [0, 1]) with their labels, query index and the
+    public constants of the release."""
 
     x: np.ndarray
     y: np.ndarray
     query: np.ndarray
-    mechanism: Mechanism
     scale: ReleaseScale
 
 
@@ -120,9 +121,14 @@ class ReleaseScale:
 
 
 def release_scale(
-    cfg: CentralConfig, public_size: int, n_classes: int, image_shape: tuple[int, int, int]
+    cfg: CentralConfig,
+    noise_multiplier: float,
+    public_size: int,
+    n_classes: int,
+    image_shape: tuple[int, int, int],
 ) -> ReleaseScale:
-    """Normaliser, sensitivity and noise std of one query, from public values only."""
+    """Normaliser, sensitivity and noise std of one query, from public values only
+    (``noise_multiplier = 0``: exact statistics, for the non-private ceiling)."""
     c, h, w = image_shape
     down = (c, h // cfg.downsample, w // cfg.downsample)
     d = int(np.prod(down))
@@ -131,7 +137,7 @@ def release_scale(
         sensitivity = mean_sensitivity(d, normaliser)
     else:
         normaliser, sensitivity = 1.0, mode_sensitivity(d)
-    return ReleaseScale(normaliser, sensitivity, cfg.noise_multiplier * sensitivity, down)
+    return ReleaseScale(normaliser, sensitivity, noise_multiplier * sensitivity, down)
 
 
 def noisy_statistic(
@@ -190,13 +196,18 @@ def postprocess(x: np.ndarray, kind: str) -> np.ndarray:
     raise ValueError(f"unknown post-processing {kind!r}")
 
 
-def central_mechanism(cfg: CentralConfig) -> Mechanism:
-    """The ledger entry of ``cfg.queries`` queries: known before any data is touched."""
-    return Mechanism(
+def central_mechanism(cfg: CentralConfig, privacy: PrivacyConfig) -> Mechanism:
+    """The ledger entry of ``cfg.queries`` queries (noise fixed, or calibrated from
+    ``cfg.budget_share`` of ``privacy.epsilon``): known before any data is touched."""
+    return warmup_mechanism(
         name=f"central_images_{cfg.type}",
-        noise_multiplier=cfg.noise_multiplier,
         sample_rate=cfg.sample_rate,
         steps=cfg.queries,
+        epsilon=privacy.epsilon,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        noise_multiplier=cfg.noise_multiplier,
+        budget_share=cfg.budget_share,
     )
 
 
@@ -206,11 +217,13 @@ def query_central_images(
     n_classes: int,
     cfg: CentralConfig,
     *,
+    noise_multiplier: float,
     public_size: int,
     source: NoiseSource,
     progress: bool = True,
 ) -> CentralImages:
-    """Run ``cfg.queries`` independent queries; returns all images and the ledger entry they cost.
+    """Run ``cfg.queries`` independent queries at ``noise_multiplier`` (from
+    :func:`central_mechanism`); returns all images and the public constants of the release.
 
     ``public_size`` is the declared N (``privacy.dataset_size``); ``source`` supplies every Poisson
     mask and noise draw (:mod:`easyhard.privacy.randomness`: secret unless seeded on purpose).
@@ -223,7 +236,7 @@ def query_central_images(
         raise ValueError(
             f"central.downsample={cfg.downsample} is larger than the images ({x.shape[2]}x{x.shape[3]})"
         )
-    scale = release_scale(cfg, public_size, n_classes, x.shape[1:])
+    scale = release_scale(cfg, noise_multiplier, public_size, n_classes, x.shape[1:])
     imgs, labels, query = [], [], []
     for t in progress_bar(range(cfg.queries), desc="central-image queries", disable=not progress):
         imgs.append(query_once(x, y, n_classes, cfg, scale, source))
@@ -233,6 +246,5 @@ def query_central_images(
         x=np.concatenate(imgs).astype(np.float32),
         y=np.concatenate(labels).astype(np.int64),
         query=np.concatenate(query).astype(np.int64),
-        mechanism=central_mechanism(cfg),
         scale=scale,
     )

@@ -154,8 +154,9 @@ class DPSGD:
         self.noise = noise
 
     def noise_std(self) -> float:
-        """Std of the Gaussian noise added to the clipped sum: noise_multiplier * C."""
-        return self.noise_multiplier * self.clip
+        """Std of the Gaussian noise added to the clipped sum: noise_multiplier * C (0 without
+        noise: the non-private ceiling, where C may be infinite)."""
+        return 0.0 if self.noise_multiplier == 0 else self.noise_multiplier * self.clip
 
     def private_gradient(self, *batch: Tensor) -> tuple[dict[str, Tensor], StepStats]:
         """Noisy, normalised gradient of a logical batch (any size, including empty).
@@ -190,7 +191,7 @@ class DPSGD:
         self.world.all_reduce_sum([*total.values(), diag])
         std = self.noise_std()
         noisy = {
-            k: (v + torch.from_numpy(self.noise.normal(tuple(v.shape), std)).to(v))
+            k: (v + torch.from_numpy(self.noise.normal(tuple(v.shape), std)).to(v) if std else v)
             / self.expected_batch
             for k, v in total.items()
         }

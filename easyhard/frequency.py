@@ -45,7 +45,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from easyhard.config import FrequencyConfig, PrivacyConfig
 from easyhard.privacy import Mechanism
+from easyhard.privacy.plan import warmup_mechanism
 from easyhard.privacy.randomness import NoiseSource
 
 #: Ledger name of the release.
@@ -77,11 +79,11 @@ class FrequencyParams:
     """
 
     n_records: int
-    features: int = 500
-    lengthscale: float = 10.0
-    downsample: int = 1
-    noise_multiplier: float = 5.0
-    sample_rate: float = 1.0
+    features: int
+    lengthscale: float
+    downsample: int
+    noise_multiplier: float
+    sample_rate: float
 
     def __post_init__(self) -> None:
         _positive_int("n_records", self.n_records)
@@ -183,6 +185,29 @@ def frequency_mechanism(params: FrequencyParams) -> Mechanism:
         noise_multiplier=params.noise_multiplier,
         sample_rate=params.sample_rate,
         steps=1,
+    )
+
+
+def frequency_params(cfg: FrequencyConfig, privacy: PrivacyConfig) -> FrequencyParams:
+    """The release's parameters from ``params.yaml``: N declared, the noise fixed or calibrated so
+    that this release alone costs ``cfg.budget_share * privacy.epsilon`` (before any data)."""
+    mech = warmup_mechanism(
+        name=MECHANISM_NAME,
+        sample_rate=cfg.sample_rate,
+        steps=1,
+        epsilon=privacy.epsilon,
+        delta=privacy.delta,
+        accountant=privacy.accountant,
+        noise_multiplier=cfg.noise_multiplier,
+        budget_share=cfg.budget_share,
+    )
+    return FrequencyParams(
+        n_records=privacy.dataset_size,
+        features=cfg.features,
+        lengthscale=cfg.lengthscale,
+        downsample=cfg.downsample,
+        noise_multiplier=mech.noise_multiplier,
+        sample_rate=cfg.sample_rate,
     )
 
 

@@ -73,14 +73,18 @@ def loss_figure(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str 
 
 
 def comparison_bars(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> Figure:
-    """One bar chart per metric key, a bar per method."""
+    """One bar chart per metric key, a bar per method (a missing / null value, e.g. the non-private
+    ceiling's epsilon, is shown as an empty slot labelled "inf")."""
     methods = list(metrics)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.0))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
-        vals = [float(metrics[m].get(key, np.nan)) for m in methods]
+        raw = [metrics[m].get(key) for m in methods]
+        vals = [np.nan if v is None else float(v) for v in raw]
         bars = ax.bar(methods, vals, color=colors[: len(methods)])
-        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        labels = ["inf" if v is None and key.startswith("epsilon") else f"{v:.3g}" for v in raw]
+        ax.bar_label(bars, labels=labels, fontsize=8)
+        ax.tick_params(axis="x", labelrotation=30)
         ax.set_title(key, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -2,12 +2,14 @@
 constants, noise from the NoiseSource only, and an auxiliary generator whose MMD loss falls."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from easyhard.auxgen import AuxGenerator, AuxGenParams, train_aux_generator
+from easyhard.auxgen import AuxGenerator, train_aux_generator
+from easyhard.config import ConfigError, defaults
 from easyhard.frequency import (
     FrequencyParams,
     feature_dim,
@@ -22,6 +24,7 @@ from easyhard.frequency import (
 from easyhard.privacy import Mechanism
 from easyhard.privacy.randomness import SecureSource, SeededSource
 
+AUXGEN = defaults().auxgen  # params.yaml: the only place defaults live
 K = 4
 SHAPE = (1, 8, 8)
 
@@ -32,7 +35,14 @@ def _phi(x: np.ndarray, w: np.ndarray, downsample: int = 1) -> np.ndarray:
 
 
 def _params(**kw) -> FrequencyParams:
-    base = dict(n_records=40, features=64, lengthscale=2.0, downsample=1, noise_multiplier=3.0)
+    base = dict(
+        n_records=40,
+        features=64,
+        lengthscale=2.0,
+        downsample=1,
+        noise_multiplier=3.0,
+        sample_rate=1.0,
+    )
     return FrequencyParams(**{**base, **kw})
 
 
@@ -260,17 +270,15 @@ def test_bad_input_raises_one_line_value_errors():
         ("sample_rate", 1.5, "sample_rate"),
     ]:
         _one_line_value_error(lambda f=field, b=bad: _params(**{f: b}), match)
-    _one_line_value_error(lambda: AuxGenParams(steps=0), "steps")
-    _one_line_value_error(lambda: AuxGenParams(lr=-1.0), "lr")
-    _one_line_value_error(lambda: AuxGenParams(lr_decay=2.0), "lr_decay")
+    for field, bad in (("steps", 0), ("lr", -1.0), ("lr_decay", 2.0), ("threads", 0)):
+        with pytest.raises(ConfigError, match=f"auxgen.{field}"):
+            replace(AUXGEN, **{field: bad})
     _one_line_value_error(lambda: AuxGenerator(K, (2, 28, 28)), "image_shape")
     _one_line_value_error(lambda: AuxGenerator(0, (1, 28, 28)), "n_classes")
     g = AuxGenerator(K, (1, 28, 28), z_dim=8, width=8)
     _one_line_value_error(lambda: g(torch.zeros(3, 9), torch.zeros(3, dtype=torch.long)), "z")
     _one_line_value_error(lambda: g.generate(0), "n_per_class")
-    _one_line_value_error(lambda: train_aux_generator("release", AuxGenParams(), 0), "release")
-    r = release_frequency_embedding(x, y, K, p, src, seed=0)
-    _one_line_value_error(lambda: train_aux_generator(r, AuxGenParams(), 0, threads=0), "threads")
+    _one_line_value_error(lambda: train_aux_generator("release", AUXGEN, 0), "release")
 
 
 # ---------------------------------------------------------------- auxiliary generator
@@ -305,18 +313,18 @@ def _strokes(n_per_class: int, size: int, rng: np.random.Generator) -> tuple:
 
 def test_auxiliary_generator_loss_falls_and_is_deterministic():
     x, y = _strokes(100, 16, np.random.default_rng(0))
-    p = FrequencyParams(n_records=300, features=256, lengthscale=3.0, noise_multiplier=1.0)
+    p = _params(n_records=300, features=256, lengthscale=3.0, noise_multiplier=1.0)
     release = release_frequency_embedding(x, y, 3, p, SeededSource(0, "frequency"), seed=0)
-    params = AuxGenParams(steps=100, batch_per_class=16, lr=5e-3, z_dim=16, width=8)
+    params = replace(AUXGEN, steps=100, batch_per_class=16, lr=5e-3, z_dim=16, width=8, threads=1)
     before = torch.get_num_threads()
-    g, losses = train_aux_generator(release, params, seed=0, progress=False, threads=1)
+    g, losses = train_aux_generator(release, params, seed=0, progress=False)
     assert torch.get_num_threads() == before  # restored
     assert len(losses) == 100 and all(math.isfinite(v) for v in losses)
     first, last = np.mean(losses[:5]), np.mean(losses[-10:])
     assert last < 0.5 * first, (first, last)
     xg, yg = g.generate(20, seed=0)
     assert xg.shape == (60, 1, 16, 16) and yg.tolist() == [0] * 20 + [1] * 20 + [2] * 20
-    short = AuxGenParams(steps=3, batch_per_class=4, z_dim=16, width=8)
-    _, a = train_aux_generator(release, short, seed=3, progress=False, threads=1)
-    _, b = train_aux_generator(release, short, seed=3, progress=False, threads=1)
+    short = replace(AUXGEN, steps=3, batch_per_class=4, z_dim=16, width=8, threads=1)
+    _, a = train_aux_generator(release, short, seed=3, progress=False)
+    _, b = train_aux_generator(release, short, seed=3, progress=False)
     assert a == b

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NB = ROOT / "notebooks"
 
 TINY = {
-    "methods": ["dpfeta", "dpdm"],
+    "methods": ["dpfeta", "dpdm", "fetapro", "nonprivate"],
     "data": {"name": "digits", "test_fraction": 0.2},
     "privacy": {"epsilon": 5.0, "delta": 1.0e-4, "dataset_size": 1438},
     "central": {"queries": 2, "downsample": 2, "sample_rate": 0.5},
@@ -26,24 +26,30 @@ TINY = {
     "finetune": {"sample_rate": 0.01, "epochs": 0.03, "physical_batch": 16, "log_every": 1},
     "sample": {"count": 20, "steps": 3, "batch_size": 10},
     "evaluate": {"fid_real_count": 20, "classifier_epochs": 2, "batch_size": 20},
+    "frequency": {"features": 64, "lengthscale": 2.0, "images_per_class": 6, "pretrain_steps": 2},
+    "auxgen": {"steps": 5, "batch_per_class": 4, "z_dim": 8, "width": 8},
+    "audit": {"canaries": 300, "blackbox_count": 40},
 }
+METHODS = TINY["methods"]
+DP_METHODS = ("dpfeta", "dpdm", "fetapro")
 
 STAGES = [
     ("01_prepare", None, "data/prepared/01_prepare.ipynb"),
     ("02_fid_reference", None, "data/fid_reference/02_fid_reference.ipynb"),
     *[
         (nb, m, f"runs/{m}/{stage}/{nb}.ipynb")
-        for m in ("dpfeta", "dpdm")
+        for m in METHODS
         for nb, stage in [
             ("03_central_images", "central"),
-            ("04_pretrain", "pretrain"),
-            ("05_finetune", "finetune"),
-            ("06_sample", "sample"),
-            ("07_evaluate", "evaluate"),
+            ("04_frequency", "frequency"),
+            ("05_pretrain", "pretrain"),
+            ("06_finetune", "finetune"),
+            ("07_sample", "sample"),
+            ("08_evaluate", "evaluate"),
             ("09_audit", "audit"),
         ]
     ],
-    ("08_report", None, "report/08_report.ipynb"),
+    ("10_report", None, "report/10_report.ipynb"),
 ]
 
 
@@ -71,9 +77,10 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
     root = tiny_run
     for _, _, out in STAGES:
         assert (root / out).is_file(), out
-    for m in ("dpfeta", "dpdm"):
+    for m in METHODS:
         for f in (
             "central/central.npz",
+            "frequency/generator_images.npz",
             "pretrain/model.pt",
             "finetune/model.pt",
             "sample/samples.npz",
@@ -83,11 +90,14 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
         ):
             assert (root / "runs" / m / f).is_file(), (m, f)
     assert (root / "runs/dpfeta/central/central_images.png").is_file()
+    assert (root / "runs/fetapro/frequency/generator_images.png").is_file()
     for f in ("metrics.png", "samples.png", "central_images.png"):
         assert (root / "report" / "figures" / f).is_file()
     assert not (root / "report" / "figures" / "loss.png").exists()  # un-noised: not in the report
     privacy = json.loads((root / "report" / "privacy.json").read_text())
-    assert privacy["dataset_releases"] == 3  # dpfeta: central + DP-SGD; dpdm: DP-SGD
+    # dpfeta: central + DP-SGD; dpdm: DP-SGD; fetapro: central + frequency + DP-SGD; the
+    # non-private ceiling is not a release
+    assert privacy["dataset_releases"] == 6 and privacy["private"]
     # nothing left under a temporary or failed name
     leftovers = [
         p
@@ -98,7 +108,7 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
 
 
 def test_audit_certifies_no_more_than_the_ledger_claims(tiny_run):
-    for m in ("dpfeta", "dpdm"):
+    for m in DP_METHODS:
         audit = json.loads((tiny_run / "runs" / m / "audit.json").read_text())
         assert audit["enabled"] and audit["passed"] and audit["private"]
         assert 0.0 <= audit["epsilon_lower_bound"] <= audit["claimed_epsilon"] <= audit["epsilon"]
@@ -131,15 +141,19 @@ def test_audit_stage_fails_in_one_line_when_the_noise_is_public(tiny_run, tmp_pa
 
 
 def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):
-    for m in ("dpfeta", "dpdm"):
+    expected = {
+        "dpfeta": ["central_images_mean", "dp_sgd"],
+        "dpdm": ["dp_sgd"],
+        "fetapro": ["central_images_mean", "frequency_mmd", "dp_sgd"],
+    }
+    for m in DP_METHODS:
         metrics = json.loads((tiny_run / "runs" / m / "metrics.json").read_text())
         ledger = Ledger.load(tiny_run / "runs" / m / "ledger.json")
         eps = compose_epsilon(ledger.mechanisms, ledger.delta, ledger.accountant)
         assert metrics["epsilon"] == pytest.approx(eps, rel=1e-9)
         assert metrics["epsilon"] <= TINY["privacy"]["epsilon"]
         assert metrics["epsilon"] >= 0.99 * TINY["privacy"]["epsilon"]
-        names = [x.name for x in ledger.mechanisms]
-        assert names == (["central_images_mean", "dp_sgd"] if m == "dpfeta" else ["dp_sgd"])
+        assert [x.name for x in ledger.mechanisms] == expected[m]
         for key in ("fid", "delta", "epsilon_rdp", "precision", "recall"):
             assert key in metrics
         for name in ("cnn", "resnet", "logreg"):  # every classifier reported, flat keys
@@ -147,6 +161,15 @@ def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):
             assert metrics[f"{name}_acc_std"] >= 0.0
         runs = json.loads((tiny_run / "runs" / m / "evaluate" / "classifiers.json").read_text())
         assert len(runs) == 3 * metrics["classifier_seeds"]
+
+
+def test_the_non_private_ceiling_is_labelled_and_never_a_release(tiny_run):
+    metrics = json.loads((tiny_run / "runs/nonprivate/metrics.json").read_text())
+    assert metrics["nonprivate"] and metrics["private"] is False and metrics["epsilon"] is None
+    assert Ledger.load(tiny_run / "runs/nonprivate/ledger.json").mechanisms == []
+    audit = json.loads((tiny_run / "runs/nonprivate/audit.json").read_text())
+    assert audit["enabled"] is False
+    assert 0.0 <= metrics["cnn_acc_mean"] <= 1.0
 
 
 def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:

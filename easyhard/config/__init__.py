@@ -31,7 +31,13 @@ from easyhard.config.choices import (
     SAMPLERS,
 )
 from easyhard.config.evaluation import AuditConfig, EvaluateConfig, SampleConfig
-from easyhard.config.sections import CentralConfig, DataConfig, PrivacyConfig
+from easyhard.config.sections import (
+    AuxGenConfig,
+    CentralConfig,
+    DataConfig,
+    FrequencyConfig,
+    PrivacyConfig,
+)
 from easyhard.config.training import (
     ComputeConfig,
     EDMConfig,
@@ -52,12 +58,14 @@ __all__ = [
     "RANDOMNESS",
     "SAMPLERS",
     "AuditConfig",
+    "AuxGenConfig",
     "CentralConfig",
     "ComputeConfig",
     "DataConfig",
     "EDMConfig",
     "EvaluateConfig",
     "FinetuneConfig",
+    "FrequencyConfig",
     "NetworkConfig",
     "Params",
     "PretrainConfig",
@@ -78,6 +86,8 @@ class Params:
     data: DataConfig
     privacy: PrivacyConfig
     central: CentralConfig
+    frequency: FrequencyConfig
+    auxgen: AuxGenConfig
     network: NetworkConfig
     edm: EDMConfig
     pretrain: PretrainConfig
@@ -95,6 +105,12 @@ class Params:
             )
         for m in self.methods:
             choice("methods", m, METHODS)
+        shares = [c.budget_share for c in (self.central, self.frequency) if c.budget_share]
+        if sum(shares) >= 1:
+            raise ConfigError(
+                f"central.budget_share + frequency.budget_share = {sum(shares):g} leaves DP-SGD "
+                "no privacy budget: the shares must add up to less than 1"
+            )
         if not self.methods:
             raise ConfigError("methods must list at least one of " + ", ".join(METHODS))
 

@@ -1,6 +1,6 @@
 """Allowed values of every choice in ``params.yaml``: defined here once, imported everywhere."""
 
-METHODS = ("dpfeta", "dpdm")
+METHODS = ("dpfeta", "dpdm", "fetapro", "nonprivate")  # easyhard.pipeline.methods: the table
 DATASETS = (
     "mnist_offline",
     "digits",

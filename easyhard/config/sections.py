@@ -1,4 +1,5 @@
-"""``params.yaml`` sections of the data and the easy stage: ``data``, ``privacy``, ``central``."""
+"""``params.yaml`` sections of the data and the easy stage: ``data``, ``privacy``, ``central``,
+``frequency``, ``auxgen``."""
 
 from __future__ import annotations
 
@@ -90,12 +91,30 @@ class PrivacyConfig:
         choice("privacy.randomness", self.randomness, RANDOMNESS)
 
 
+def _noise_or_share(section: str, noise_multiplier: float | None, share: float | None) -> None:
+    """A warm-up mechanism's noise is fixed (``noise_multiplier``) or calibrated from its share of
+    ``privacy.epsilon`` (``budget_share``): exactly one of the two is set."""
+    if (noise_multiplier is None) == (share is None):
+        raise ConfigError(
+            f"{section}: set exactly one of {section}.noise_multiplier (fixed noise) and "
+            f"{section}.budget_share (share of privacy.epsilon); the other must be null"
+        )
+    if noise_multiplier is not None:
+        positive(f"{section}.noise_multiplier", noise_multiplier)
+    if share is not None:
+        in_open(f"{section}.budget_share", share, 0.0, 1.0)
+
+
 @dataclass(frozen=True)
 class CentralConfig:
-    """The easy stage's DP central-image queries (each query: Poisson subsample, per-class statistic)."""
+    """The easy stage's DP central-image queries (each query: Poisson subsample, per-class statistic).
+
+    The noise multiplier is either fixed (``noise_multiplier``) or calibrated, before any data is
+    touched, so that the ``queries`` queries alone cost ``budget_share * privacy.epsilon``."""
 
     type: str
-    noise_multiplier: float
+    noise_multiplier: float | None
+    budget_share: float | None
     sample_rate: float
     queries: int
     downsample: int
@@ -104,10 +123,62 @@ class CentralConfig:
 
     def __post_init__(self) -> None:
         choice("central.type", self.type, ("mean", "mode"))
-        positive("central.noise_multiplier", self.noise_multiplier)
+        _noise_or_share("central", self.noise_multiplier, self.budget_share)
         in_half_open("central.sample_rate", self.sample_rate)
         positive("central.queries", self.queries)
         positive("central.downsample", self.downsample)
         if self.bins < 2:
             raise ConfigError(f"central.bins must be >= 2, got {self.bins}")
         choice("central.postprocess", self.postprocess, ("none", "median", "sharpen"))
+
+
+@dataclass(frozen=True)
+class FrequencyConfig:
+    """FETA-Pro's frequency warm-up: a DP release of per-class mean embeddings of ``features``
+    random Fourier features (Gaussian kernel of length scale ``lengthscale`` on the images,
+    area-downsampled by ``downsample``), Poisson-subsampled at ``sample_rate``, with fixed noise or
+    noise calibrated from ``budget_share``; then ``pretrain_steps`` diffusion warm-up steps on
+    ``images_per_class`` images per class of the auxiliary generator (section ``auxgen``)."""
+
+    features: int
+    lengthscale: float
+    downsample: int
+    sample_rate: float
+    noise_multiplier: float | None
+    budget_share: float | None
+    images_per_class: int
+    pretrain_steps: int
+
+    def __post_init__(self) -> None:
+        positive("frequency.features", self.features)
+        if self.features % 2:
+            raise ConfigError(f"frequency.features must be even (cos and sin), got {self.features}")
+        positive("frequency.lengthscale", self.lengthscale)
+        positive("frequency.downsample", self.downsample)
+        in_half_open("frequency.sample_rate", self.sample_rate)
+        _noise_or_share("frequency", self.noise_multiplier, self.budget_share)
+        positive("frequency.images_per_class", self.images_per_class)
+        if self.pretrain_steps < 0:
+            raise ConfigError(f"frequency.pretrain_steps must be >= 0, got {self.pretrain_steps}")
+
+
+@dataclass(frozen=True)
+class AuxGenConfig:
+    """The auxiliary generator fitted to the noisy frequency embedding (post-processing, no privacy
+    cost): a small class-conditional convolutional generator trained with Adam on the MMD between
+    its images' and the released per-class embeddings."""
+
+    steps: int
+    batch_per_class: int
+    lr: float
+    lr_decay: float  # final learning rate = lr * lr_decay (cosine schedule)
+    z_dim: int
+    width: int
+    threads: int  # torch CPU threads while training (its steps are small: 1 is fastest on CPU)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_per_class", "z_dim", "width", "threads"):
+            positive(f"auxgen.{name}", getattr(self, name))
+        positive("auxgen.lr", self.lr)
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"auxgen.lr_decay must be in (0, 1], got {self.lr_decay}")

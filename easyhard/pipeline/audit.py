@@ -25,6 +25,7 @@ from easyhard.data import load_npz
 from easyhard.edm import NoiseDraws, edm_loss, to_model
 from easyhard.io import save_figure, savez, write_json
 from easyhard.modelfile import load_model
+from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import NOT_PRIVATE, noise_for
 from easyhard.pipeline.runtime import device
@@ -45,6 +46,10 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     ``runs/<method>/audit.json`` (``dvc metrics show``) and the score figure."""
     cfg = params.audit
     ledger = Ledger.load(paths.ledger(method))
+    if not method_row(method).private:  # the ceiling: no DP claim to audit
+        out = {"enabled": False, "private": False, "note": "non-private ceiling: not a release"}
+        write_json(paths.audit_metrics(method), out)
+        return out
     sgd = next(m for m in ledger.mechanisms if m.name == "dp_sgd")
     out: dict[str, Any] = {
         "enabled": cfg.enabled,

@@ -13,37 +13,54 @@ from easyhard.data import load_npz
 from easyhard.io import save_figure, savez
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.release import check_dataset_size, new_ledger, noise_for, record_release
+from easyhard.pipeline.release import (
+    NOT_PRIVATE,
+    check_dataset_size,
+    new_ledger,
+    noise_for,
+    plan,
+    record_release,
+)
 from easyhard.plots import grid_figure
 
 
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
-    """Query the DP central images (methods with the easy stage); write images + ledger.
+    """Query the central images (methods with the easy stage); write images + ledger.
 
-    The ledger entry is checked against the budget *before* the data is touched; the release is
-    recorded in the dataset's spend log after."""
+    The whole release is planned before the data is touched (an impossible budget split stops
+    here, in one line); the query is recorded in the dataset's spend log after. The non-private
+    ceiling computes the exact statistics (no noise), records nothing and writes an empty ledger
+    marked not private."""
+    row = method_row(method)
     train = load_npz(paths.train)
     check_dataset_size(params, len(train))
     ledger = new_ledger(params)
+    if not row.private:
+        ledger.private = False
     out: dict[str, Any] = {"ledger": ledger}
-    if method_row(method).central_images:
+    if row.central_images:
         cfg = params.central
-        for mech in method_row(method).warmups(params):
-            ledger.remaining_check(mech)  # refuse before touching the data
+        mech = None
+        if row.private:
+            mech = plan(params, row).warmups[0]  # refuse before touching the data
+            ledger.remaining_check(mech)
         ci = query_central_images(
             train.x,
             train.y,
             train.n_classes,
             cfg,
+            noise_multiplier=mech.noise_multiplier if mech else 0.0,
             public_size=params.privacy.dataset_size,
             source=noise_for(params, "central"),
         )
-        ledger.add(ci.mechanism)
-        record_release(params, paths, method, "central", [ci.mechanism])
+        if mech is not None:
+            ledger.add(mech)
+            record_release(params, paths, method, "central", [mech])
         out["scale"] = ci.scale
         x, y = ci.x, ci.y
         per_class = min(cfg.queries, 8)
-        fig = grid_figure(x, y, train.classes, per_class, title="DP central images")
+        title = "DP central images" if mech else f"exact central statistics ({NOT_PRIVATE})"
+        fig = grid_figure(x, y, train.classes, per_class, title=title)
         out["figure"] = save_figure(fig, paths.figure(method, "central", "central_images"))
     else:
         x = np.zeros((0, *train.shape), dtype=np.float32)

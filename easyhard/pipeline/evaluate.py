@@ -16,6 +16,7 @@ from easyhard.config import Params
 from easyhard.data import load_npz
 from easyhard.fid import fid_from_features, inception_features, load_features, precision_recall
 from easyhard.io import write_json
+from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.pipeline.runtime import device
@@ -51,12 +52,14 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     )
     write_json(paths.stage(method, "evaluate") / "classifiers.json", runs)
     ledger = Ledger.load(paths.ledger(method))
+    private_method = method_row(method).private  # False: the ceiling, epsilon = infinity
     by = ledger.to_dict()
     sgd = [m for m in ledger.mechanisms if m.name == "dp_sgd"]
     result = {
         "private": ledger.private,
-        "epsilon": by["epsilon"],
-        "epsilon_rdp": by["epsilon_by_accountant"]["rdp"],
+        "nonprivate": not private_method,
+        "epsilon": by["epsilon"] if private_method else None,
+        "epsilon_rdp": by["epsilon_by_accountant"]["rdp"] if private_method else None,
         "target_epsilon": ledger.target_epsilon,
         "delta": ledger.delta,
         "noise_multiplier": sgd[0].noise_multiplier if sgd else None,

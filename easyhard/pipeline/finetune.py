@@ -8,6 +8,7 @@ several processes (``finetune.processes``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -19,6 +20,7 @@ from easyhard.data import load_npz
 from easyhard.dpsgd import expected_batch_size
 from easyhard.io import save_figure, write_json
 from easyhard.modelfile import load_model, save_model
+from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import (
     NOT_PRIVATE,
@@ -29,7 +31,7 @@ from easyhard.pipeline.release import (
 )
 from easyhard.pipeline.runtime import compute_settings, device
 from easyhard.plots import loss_figure
-from easyhard.privacy import Ledger
+from easyhard.privacy import Ledger, Mechanism, steps_for_epochs
 from easyhard.privacy.plan import plan_release
 from easyhard.schema import to_dict
 from easyhard.train import dp_finetune
@@ -42,21 +44,29 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
     Writes the EMA model, the ledger (every mechanism of the release) and the un-noised per-step
     diagnostics (``loss.json`` and its figure, labelled not private); only rank 0 writes files.
     """
+    row = method_row(method)
     train = load_npz(paths.train)
     check_dataset_size(params, len(train))
-    ledger = Ledger.load(paths.central_ledger(method))
-    # private only if every mechanism in it drew secret noise (the central images and this stage)
-    ledger.private = ledger.private and is_private(params)
-    mech = plan_release(
-        epsilon=params.privacy.epsilon,
-        delta=params.privacy.delta,
-        accountant=params.privacy.accountant,
-        dataset_size=params.privacy.dataset_size,
-        sample_rate=params.finetune.sample_rate,
-        epochs=params.finetune.epochs,
-        warmups=ledger.mechanisms,
-    ).dp_sgd
-    ledger.remaining_check(mech)
+    ledger = Ledger.load(paths.frequency_ledger(method))
+    # private only if every mechanism in it drew secret noise (the warm-ups and this stage)
+    ledger.private = ledger.private and is_private(params) and row.private
+    cfg = params.finetune
+    mech: Mechanism | None = None
+    if row.private:
+        mech = plan_release(
+            epsilon=params.privacy.epsilon,
+            delta=params.privacy.delta,
+            accountant=params.privacy.accountant,
+            dataset_size=params.privacy.dataset_size,
+            sample_rate=cfg.sample_rate,
+            epochs=cfg.epochs,
+            warmups=ledger.mechanisms,
+        ).dp_sgd
+        ledger.remaining_check(mech)
+        sigma, steps = mech.noise_multiplier, mech.steps
+    else:  # the ceiling: the same batches and steps, no clipping and no noise
+        cfg = replace(cfg, clip=math.inf)
+        sigma, steps = 0.0, steps_for_epochs(cfg.epochs, cfg.sample_rate)
     dev = device(params)
     den, _ = load_model(paths.model(method, "pretrain"), device=dev)
     x = torch.as_tensor(train.x, device=dev)
@@ -69,7 +79,7 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
             params.seed,
             to_dict(params.finetune),
             to_dict(params.edm),
-            mech.to_dict(),
+            {"noise_multiplier": sigma, "steps": steps, "clip": cfg.clip},
             [m.to_dict() for m in ledger.mechanisms],
             den.state_dict(),
             x,
@@ -79,7 +89,7 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
 
     def ledger_at(steps_done: int) -> dict[str, Any]:
         """The ledger so far (mechanisms only; epsilon is recomputed from them when read)."""
-        spent = [*ledger.mechanisms, replace(mech, steps=steps_done)]
+        spent = [*ledger.mechanisms, *([replace(mech, steps=steps_done)] if mech else [])]
         return {
             "delta": ledger.delta,
             "target_epsilon": ledger.target_epsilon,
@@ -92,10 +102,10 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
         den,
         x,
         y,
-        cfg=params.finetune,
+        cfg=cfg,
         edm=params.edm,
-        noise_multiplier=mech.noise_multiplier,
-        steps=mech.steps,
+        noise_multiplier=sigma,
+        steps=steps,
         expected_batch=expected_batch_size(
             params.privacy.dataset_size, params.finetune.sample_rate
         ),
@@ -106,16 +116,18 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
         world=world,
         compute=compute_settings(params),
     )
-    ledger.add(mech)
+    if mech is not None:
+        ledger.add(mech)
     if not world.is_main:
         return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": None}
-    record_release(params, paths, method, "finetune", [mech])
+    if mech is not None:
+        record_release(params, paths, method, "finetune", [mech])
     save_model(
         paths.model(method, "finetune"),
         ema.model,
         params.network,
         train.shape,
-        extra={"method": method, "noise_multiplier": mech.noise_multiplier, "steps": mech.steps},
+        extra={"method": method, "noise_multiplier": sigma, "steps": steps},
     )
     write_json(paths.history(method, "finetune"), hist.rows)
     ledger.save(paths.ledger(method))

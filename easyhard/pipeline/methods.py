@@ -4,6 +4,12 @@ in ``params.yaml``'s ``methods`` (``foreach``); this table says what that stage 
 * **DP-FETA** (``dpfeta``): the easy stage (DP central images, pretraining on them), then DP-SGD.
 * **DPDM** (``dpdm``): the baseline, the same code with the easy stage off: the central stage
   writes an empty image set at no cost and pretraining keeps the fresh initialisation.
+* **FETA-Pro** (``fetapro``): DP-FETA's central images, then a DP frequency release (per-class
+  random-Fourier-feature mean embeddings) whose auxiliary generator's images the model also warms
+  up on, then DP-SGD.
+* **Non-private ceiling** (``nonprivate``): DP-FETA's steps with no noise and no clipping (exact
+  central statistics, plain SGD on the same batches): what the same compute reaches without
+  privacy. Not a release: nothing is recorded in the spend log and its epsilon is infinite.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass
 from easyhard.central import central_mechanism
 from easyhard.config import METHODS as NAMES
 from easyhard.config import Params
+from easyhard.frequency import frequency_mechanism, frequency_params
 from easyhard.privacy import Mechanism
 
 
@@ -22,18 +29,29 @@ class Method:
 
     name: str
     title: str
-    central_images: bool  # easy stage: query DP central images and pretrain on them
+    central_images: bool  # easy stage: central images (noisy, or exact when not private)
+    frequency: bool  # FETA-Pro's frequency release, auxiliary generator and warm-up
+    private: bool  # False: the non-private ceiling (no noise, no clipping, not a release)
 
     def warmups(self, params: Params) -> list[Mechanism]:
         """The mechanisms this method spends before DP-SGD, known before any data is touched."""
-        return [central_mechanism(params.central)] if self.central_images else []
+        if not self.private:
+            return []
+        out = [central_mechanism(params.central, params.privacy)] if self.central_images else []
+        if self.frequency:
+            out.append(frequency_mechanism(frequency_params(params.frequency, params.privacy)))
+        return out
 
 
 METHODS: dict[str, Method] = {
-    "dpfeta": Method("dpfeta", "DP-FETA", central_images=True),
-    "dpdm": Method("dpdm", "DPDM", central_images=False),
+    "dpfeta": Method("dpfeta", "DP-FETA", central_images=True, frequency=False, private=True),
+    "dpdm": Method("dpdm", "DPDM", central_images=False, frequency=False, private=True),
+    "fetapro": Method("fetapro", "FETA-Pro", central_images=True, frequency=True, private=True),
+    "nonprivate": Method(
+        "nonprivate", "non-private ceiling", central_images=True, frequency=False, private=False
+    ),
 }
-if tuple(METHODS) != NAMES:  # the allowed values live in config.py; the table must cover them
+if tuple(METHODS) != NAMES:  # the allowed values live in config; the table must cover them
     raise RuntimeError(f"method table {tuple(METHODS)} differs from config.METHODS {NAMES}")
 
 

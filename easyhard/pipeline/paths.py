@@ -38,6 +38,12 @@ class Paths:
     def central_ledger(self, method: str) -> Path:
         return self.stage(method, "central") / "ledger.json"
 
+    def frequency_images(self, method: str) -> Path:
+        return self.stage(method, "frequency") / "generator_images.npz"
+
+    def frequency_ledger(self, method: str) -> Path:
+        return self.stage(method, "frequency") / "ledger.json"
+
     def model(self, method: str, stage: str) -> Path:
         return self.stage(method, stage) / "model.pt"
 

@@ -3,14 +3,17 @@ without the easy stage (DPDM) saves the freshly initialised network."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from easyhard.checkpoint import Checkpointer, digest
-from easyhard.config import Params
+from easyhard.config import Params, PretrainConfig
 from easyhard.data import load_npz
+from easyhard.edm import Denoiser
 from easyhard.io import save_figure, write_json
 from easyhard.modelfile import build_denoiser, save_model
 from easyhard.pipeline.methods import method as method_row
@@ -23,55 +26,74 @@ from easyhard.train import pretrain
 
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """Pretrain the EDM denoiser on the central images (non-private: they are already DP), with
-    augmentation; a method without the easy stage keeps the fresh initialisation."""
+    augmentation, then (FETA-Pro) ``frequency.pretrain_steps`` more steps on the auxiliary
+    generator's images; a method without the easy stage keeps the fresh initialisation."""
+    row = method_row(method)
     train = load_npz(paths.train)
     torch.manual_seed(params.seed)
     den = build_denoiser(params.network, train.shape, train.n_classes, params.edm.sigma_data)
-    dev = device(params)
-    den.to(dev)
-    rows: list[dict[str, float]] = []
-    if method_row(method).central_images:
-        with np.load(paths.central(method)) as f:
-            cx = torch.as_tensor(f["x"], device=dev)
-            cy = torch.as_tensor(f["y"], device=dev)
-        if len(cx) == 0:
-            raise ValueError("no central images to pretrain on (run the central stage first)")
-        ckpt = Checkpointer(
-            paths.checkpoint(method, "pretrain"),
-            params.pretrain.checkpoint_every,
-            digest(
-                "pretrain",
-                params.seed,
-                to_dict(params.pretrain),
-                to_dict(params.edm),
-                den.state_dict(),
-                cx,
-                cy,
-            ),
+    den.to(device(params))
+    curves: dict[str, list[dict[str, float]]] = {}
+    if row.central_images:
+        curves["central images"] = _phase(
+            params, paths, method, den, paths.central(method), params.pretrain, "pretrain"
         )
-        ema, hist = pretrain(
-            den,
-            cx,
-            cy,
-            params.pretrain,
-            params.edm,
-            seed=params.seed,
-            checkpoint=ckpt,
-            compute=compute_settings(params),
+    if row.frequency and params.frequency.pretrain_steps:
+        cfg = replace(params.pretrain, steps=params.frequency.pretrain_steps)
+        curves["generator images"] = _phase(
+            params, paths, method, den, paths.frequency_images(method), cfg, "pretrain_frequency"
         )
-        den.load_state_dict(ema.model.state_dict())
-        rows = hist.rows
+    rows = [r for phase in curves.values() for r in phase]
+    steps = params.pretrain.steps if row.central_images else 0
+    if "generator images" in curves:
+        steps += params.frequency.pretrain_steps
     save_model(
         paths.model(method, "pretrain"),
         den,
         params.network,
         train.shape,
-        extra={"method": method, "pretrain_steps": params.pretrain.steps if rows else 0},
+        extra={"method": method, "pretrain_steps": steps},
     )
     write_json(paths.history(method, "pretrain"), rows)
-    paths.checkpoint(method, "pretrain").unlink(missing_ok=True)
     out: dict[str, Any] = {"history": rows, "parameters": sum(p.numel() for p in den.parameters())}
     if rows:
-        fig = loss_figure({method: rows}, title="pretraining on central images")
+        fig = loss_figure(curves, title="pretraining (warm-up on already-DP images)")
         out["figure"] = save_figure(fig, paths.figure(method, "pretrain", "loss"))
     return out
+
+
+def _phase(
+    params: Params,
+    paths: Paths,
+    method: str,
+    den: Denoiser,
+    images: Path,
+    cfg: PretrainConfig,
+    tag: str,
+) -> list[dict[str, float]]:
+    """Train ``den`` on the labelled images in ``images`` for ``cfg.steps`` steps (crash-safe);
+    ``den`` ends with the EMA weights. Returns the loss history."""
+    dev = device(params)
+    with np.load(images) as f:
+        x = torch.as_tensor(f["x"], device=dev)
+        y = torch.as_tensor(f["y"], device=dev)
+    if len(x) == 0:
+        raise ValueError(f"no images to pretrain on in {images} (run the stage before first)")
+    ckpt = Checkpointer(
+        paths.checkpoint(method, tag),
+        cfg.checkpoint_every,
+        digest(tag, params.seed, to_dict(cfg), to_dict(params.edm), den.state_dict(), x, y),
+    )
+    ema, hist = pretrain(
+        den,
+        x,
+        y,
+        cfg,
+        params.edm,
+        seed=params.seed,
+        checkpoint=ckpt,
+        compute=compute_settings(params),
+    )
+    den.load_state_dict(ema.model.state_dict())
+    ckpt.clear()
+    return hist.rows

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from easyhard.config import Params
 from easyhard.data import DataError, load_npz
+from easyhard.pipeline.methods import Method
 from easyhard.pipeline.paths import Paths
 from easyhard.privacy import Ledger, Mechanism, spend
+from easyhard.privacy.plan import Plan, plan_release
 from easyhard.privacy.randomness import NoiseSource, SecureSource, noise_source
 from easyhard.world import SINGLE_PROCESS, World
 
@@ -31,6 +33,21 @@ def check_dataset_size(params: Params, n: int) -> None:
             f"the sensitive training set has {n} records but privacy.dataset_size={declared} "
             f"(tolerance {tol:g}): declare the public size of this dataset in params.yaml"
         )
+
+
+def plan(params: Params, method: Method) -> Plan:
+    """The whole release of ``method`` (warm-ups, then DP-SGD calibrated to what remains), planned
+    from public values. Every stage that queries the data calls it first, so an impossible budget
+    split is refused in one line before any query."""
+    return plan_release(
+        epsilon=params.privacy.epsilon,
+        delta=params.privacy.delta,
+        accountant=params.privacy.accountant,
+        dataset_size=params.privacy.dataset_size,
+        sample_rate=params.finetune.sample_rate,
+        epochs=params.finetune.epochs,
+        warmups=method.warmups(params),
+    )
 
 
 def is_private(params: Params) -> bool:

@@ -12,6 +12,7 @@ import numpy as np
 from easyhard.config import Params
 from easyhard.data import load_npz
 from easyhard.io import read_json, save_figure, write_json
+from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.plots import comparison_bars, side_by_side
@@ -47,7 +48,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     write_json(paths.report / "summary.json", metrics)
     total = dataset_total(params, paths)
     privacy = {
-        "private": all(m.get("private", False) for m in metrics.values()) and not total.non_private,
+        # every DP release private (the non-private ceiling is not a release)
+        "private": not total.non_private
+        and all(metrics[m].get("private", False) for m in params.methods if method_row(m).private),
         "dataset_epsilon": finite(total.epsilon),
         "dataset_epsilon_private_releases": total.epsilon_private,
         "dataset_releases": total.releases,

@@ -1,14 +1,16 @@
 """Planning a release's privacy budget before any data is touched: the one place it is decided.
 
-A release is a list of *warm-up* mechanisms (the central images, and any later easy-stage
-mechanism) followed by DP-SGD. :func:`plan_release` checks that the warm-ups leave budget for
+A release is a list of *warm-up* mechanisms (the central images, FETA-Pro's frequency release)
+followed by DP-SGD. Each warm-up's noise is fixed or calibrated from its share of the target
+epsilon (:func:`warmup_mechanism`); :func:`plan_release` checks that the warm-ups leave budget for
 DP-SGD and calibrates the DP-SGD noise multiplier so that everything together meets the target
-(epsilon, delta). The pipeline's fine-tuning stage, the paper-scale profiles and
-``python -m easyhard.privacy plan`` all call it, with keyword arguments only.
+(epsilon, delta). The pipeline's stages, the paper-scale profiles and
+``python -m easyhard.privacy plan`` all call these, with keyword arguments only.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,37 @@ class Plan:
     @property
     def mechanisms(self) -> tuple[Mechanism, ...]:
         return (*self.warmups, self.dp_sgd)
+
+
+@functools.lru_cache(maxsize=64)
+def warmup_mechanism(
+    *,
+    name: str,
+    sample_rate: float,
+    steps: int,
+    epsilon: float,
+    delta: float,
+    accountant: str,
+    noise_multiplier: float | None = None,
+    budget_share: float | None = None,
+) -> Mechanism:
+    """A warm-up mechanism's ledger entry: a fixed ``noise_multiplier``, or the least noise whose
+    ``steps`` Poisson-subsampled releases alone cost ``budget_share * epsilon`` (within 1% below).
+    Public values only: known before any data is touched."""
+    if (noise_multiplier is None) == (budget_share is None):
+        raise ValueError(f"{name}: give exactly one of noise_multiplier and budget_share")
+    if noise_multiplier is not None:
+        return Mechanism(name, noise_multiplier, sample_rate, steps)
+    if not 0 < budget_share < 1:
+        raise ValueError(f"{name}: budget_share must be in (0, 1), got {budget_share}")
+    return calibrate_noise_multiplier(
+        budget_share * epsilon,
+        delta,
+        sample_rate=sample_rate,
+        steps=steps,
+        accountant=accountant,
+        name=name,
+    )
 
 
 def plan_release(
