@@ -26,6 +26,7 @@ example (shape ``[B]``). Poisson masks and the Gaussian noise come from a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -85,6 +86,21 @@ def per_example_grads(
     if grad_sampler == "vmap":
         return vmap_grads(loss_module, *batch)
     raise ValueError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
+
+
+def _summed_gradient(
+    model: nn.Module, params: dict[str, Tensor], batch: tuple[Tensor, ...]
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Gradient of the summed per-example losses (unclipped sum), the losses, and NaN norms
+    (per-example norms are not computed on this path)."""
+    live = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    loss = model(*batch)
+    grads = torch.autograd.grad(loss.sum(), list(live.values()), allow_unused=True)
+    summed = {
+        k: (g if g is not None else torch.zeros_like(params[k])).detach()
+        for k, g in zip(live, grads, strict=True)
+    }
+    return summed, loss.detach(), torch.full((len(loss),), float("nan"), dtype=torch.float64)
 
 
 def per_example_norms(grads: dict[str, Tensor]) -> Tensor:
@@ -153,6 +169,12 @@ class DPSGD:
         self.physical_batch = physical_batch
         self.noise = noise
 
+    @property
+    def plain(self) -> bool:
+        """No clipping and no noise (the non-private ceiling): the sum of the per-example gradients
+        is the ordinary gradient of the summed loss, so one backward pass gives it."""
+        return math.isinf(self.clip) and self.noise_multiplier == 0
+
     def noise_std(self) -> float:
         """Std of the Gaussian noise added to the clipped sum: noise_multiplier * C (0 without
         noise: the non-private ceiling, where C may be infinite)."""
@@ -175,8 +197,11 @@ class DPSGD:
         diag = torch.zeros(4, dtype=torch.float64)
         for start in range(0, len(local[0]), self.physical_batch):
             chunk = tuple(t[start : start + self.physical_batch] for t in local)
-            grads, loss = per_example_grads(self.model, *chunk, grad_sampler=self.grad_sampler)
-            summed, norms = clipped_sum(grads, self.clip)
+            if self.plain:
+                summed, loss, norms = _summed_gradient(self.model, params, chunk)
+            else:
+                grads, loss = per_example_grads(self.model, *chunk, grad_sampler=self.grad_sampler)
+                summed, norms = clipped_sum(grads, self.clip)
             for k in total:
                 total[k] += summed[k]
             diag += torch.tensor(

@@ -168,3 +168,17 @@ def test_functional_call_uses_given_params():
         den, params, (x, torch.ones(2, dtype=torch.float64), torch.tensor([0, 1]))
     )
     assert torch.allclose(out, x * SD**2 / (1 + SD**2))  # zero network: D = c_skip x
+
+
+def test_ceiling_gradient_is_the_plain_unclipped_sum():
+    """No clipping and no noise (the non-private ceiling): one backward of the summed loss gives
+    exactly the sum of the per-example gradients, normalised by the same public q*N."""
+    den = small_denoiser(True)
+    x, y, sigma, noise, drop = batch(5, 2)
+    dp = make_dpsgd(den, 0.0, math.inf, 10.0, 3, SecureSource())
+    assert dp.plain and dp.noise_std() == 0.0
+    got, stats = dp.private_gradient(x, y, sigma, noise, drop)
+    grads, _ = per_example_grads(PerExampleLoss(den), x, y, sigma, noise, drop)
+    for k, g in grads.items():
+        assert torch.allclose(got[k], g.sum(0) / 10.0, atol=1e-12), k
+    assert stats.batch_size == 5 and stats.clipped_fraction == 0.0
