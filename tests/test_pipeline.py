@@ -225,17 +225,29 @@ def test_empty_image_folder_is_refused(tmp_path):
 
 
 def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
-    """No query runs and no ledger is written when the easy stage would exhaust the budget."""
-    from easyhard.pipeline import central_images, prepare
+    """No query runs, no ledger is written and nothing is recorded when the fixed-noise easy
+    stage would exhaust the budget (the whole release is planned before the first query)."""
+    from easyhard.pipeline import central_images, frequency, prepare
     from easyhard.pipeline.notebook import setup
     from easyhard.privacy import PrivacyBudgetError
 
-    write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))
+    fixed = {"noise_multiplier": 5.0, "budget_share": None}
+    write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}, "central": fixed}))
     params, paths = setup({}, tmp_path)
     prepare.run(params, paths)
-    with pytest.raises(PrivacyBudgetError, match="central_images"):
-        central_images.run(params, paths, "dpfeta")
-    assert not (tmp_path / "runs").exists()
+    for method in ("dpfeta", "fetapro"):
+        with pytest.raises(PrivacyBudgetError, match="central_images_mean"):
+            central_images.run(params, paths, method)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / ".easyhard").exists()
+    # the frequency release, planned with the central images, is refused the same way
+    (paths.stage("fetapro", "central")).mkdir(parents=True)
+    write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))
+    ok, _ = setup({}, tmp_path)
+    central_images.run(ok, paths, "fetapro")  # the shares fit: central images released
+    bad, _ = setup({"frequency": {"noise_multiplier": 0.5, "budget_share": None}}, tmp_path)
+    with pytest.raises(PrivacyBudgetError):
+        frequency.run(bad, paths, "fetapro")
+    assert not paths.frequency_ledger("fetapro").exists()
 
 
 def test_delta_must_be_below_one_over_the_declared_n():
