@@ -163,3 +163,16 @@ def test_stage_params_are_exactly_the_keys_it_reads(name, keys_read):
         f"{name}: read but not listed {sorted(read - listed)}, "
         f"listed but never read {sorted(listed - read)}"
     )
+
+
+@pytest.mark.parametrize("name", list(DVC))
+def test_papermill_injects_only_declared_parameters(name):
+    """The runner injects ``method`` into per-method notebooks and nothing else, and every
+    notebook declares what it is given: papermill never warns 'Passed unknown parameter'."""
+    import papermill as pm
+
+    notebook = deps.stage_notebooks()[name]
+    declared = set(pm.inspect_notebook(str(notebook)))
+    injected = {"method"} if "--method" in _stage(name)["cmd"] else set()
+    assert injected <= declared, f"{notebook.name}: injects {injected - declared} undeclared"
+    assert declared <= {"method", "overrides"}
