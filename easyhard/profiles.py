@@ -1,12 +1,12 @@
-"""Paper-scale parameter profiles: ``profiles/<dataset>-eps<1|10>.yaml`` on top of ``params.yaml``.
+"""Paper-scale parameter profiles: ``profiles/<dataset>-eps<1|10>.yaml`` (DP-FETA) and
+``profiles/fetapro-<dataset>-eps<1|10>.yaml`` (FETA-Pro) on top of ``params.yaml``.
 
 A profile file holds only the keys it overrides, an optional ``base`` (another profile it extends)
-and a ``profile`` block of metadata that is not a parameter: the dataset, its training-set size
-DPImageBench's published numbers, the published
-network size and estimated GPU cost. ::
+and a ``profile`` block of metadata that is not a parameter: the dataset, the published numbers
+(DPImageBench), the published network size and estimated GPU cost. Its method is ``methods``. ::
 
     python -m easyhard.profiles list                 # names, one line each
-    python -m easyhard.profiles check [NAME ...]     # validate + plan the privacy budget
+    python -m easyhard.profiles check [NAME ...]     # validate + plan each method's privacy budget
     python -m easyhard.profiles show NAME            # the merged params as YAML
     python -m easyhard.profiles apply NAME           # write them to params.yaml (validated first)
     python -m easyhard.profiles table                # the README's markdown table
@@ -84,15 +84,20 @@ def read_base(params_file: str | Path = "params.yaml") -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) or {}
 
 
-def plan(profile: Profile, params: Params) -> dict[str, Any]:
-    """Privacy plan of the profile's first method at the declared ``privacy.dataset_size``: what
-    its warm-ups (central images) cost, and the calibrated DP-SGD sigma and steps."""
+def plan(profile: Profile, params: Params, method_name: str | None = None) -> dict[str, Any]:
+    """Privacy plan of one release of ``method_name`` (default: the profile's first method) at the
+    declared ``privacy.dataset_size``: that method's own warm-ups (DP-FETA: the central images;
+    FETA-Pro: the central images and the frequency release), what each costs alone, the calibrated
+    DP-SGD sigma and steps, and the epsilon of the whole composition."""
     from easyhard.pipeline.methods import method
     from easyhard.privacy import PrivacyBudgetError
+    from easyhard.privacy.accounting import compose_epsilon
     from easyhard.privacy.plan import plan_release
 
+    name = method_name or params.methods[0]
     p, ft = params.privacy, params.finetune
     try:
+        row = method(name)
         release = plan_release(
             epsilon=p.epsilon,
             delta=p.delta,
@@ -100,12 +105,18 @@ def plan(profile: Profile, params: Params) -> dict[str, Any]:
             dataset_size=p.dataset_size,
             sample_rate=ft.sample_rate,
             epochs=ft.epochs,
-            warmups=method(params.methods[0]).warmups(params),
+            warmups=row.warmups(params),
         )
     except (PrivacyBudgetError, ValueError) as e:
-        raise ConfigError(f"profile {profile.name}: {e}") from e
+        raise ConfigError(f"profile {profile.name} ({name}): {e}") from e
+    alone = {m.name: compose_epsilon([m], p.delta, p.accountant) for m in release.warmups}
     return {
-        "central_epsilon": release.warmup_epsilon,
+        "method": name,
+        "mechanisms": release.mechanisms,
+        "warmup_epsilons": alone,
+        "central_epsilon": sum(e for k, e in alone.items() if k.startswith("central_images")),
+        "warmup_epsilon": release.warmup_epsilon,
+        "epsilon": compose_epsilon(list(release.mechanisms), p.delta, p.accountant),
         "noise_multiplier": release.dp_sgd.noise_multiplier,
         "steps": release.dp_sgd.steps,
         "expected_batch": ft.sample_rate * p.dataset_size,
@@ -113,15 +124,26 @@ def plan(profile: Profile, params: Params) -> dict[str, Any]:
 
 
 def check(name: str, base: Mapping[str, Any], with_plan: bool = True) -> dict[str, Any]:
-    """Validate profile ``name`` on ``base``; returns its summary (raises :class:`ConfigError`)."""
+    """Validate profile ``name`` on ``base``; returns its summary (raises :class:`ConfigError`).
+
+    With ``with_plan``, ``plans`` holds :func:`plan` of each private method the profile runs (each
+    run is its own release of ``privacy.epsilon``), and the summary that of the first of them."""
+    from easyhard.pipeline.methods import method
+
     prof = load(name)
     params = prof.params(base)
     missing = [k for k in ("dataset", "published") if k not in prof.meta]
     if missing:
         raise ConfigError(f"profile {name}: 'profile' block lacks {', '.join(missing)}")
-    out = {"name": name, "params": params, "meta": prof.meta}
+    out: dict[str, Any] = {"name": name, "params": params, "meta": prof.meta}
     if with_plan:
-        out.update(plan(prof, params))
+        plans = {m: plan(prof, params, m) for m in params.methods if method(m).private}
+        if not plans:
+            raise ConfigError(
+                f"profile {name}: no private method in methods {list(params.methods)}"
+            )
+        out["plans"] = plans
+        out.update(next(iter(plans.values())))
     return out
 
 
@@ -147,11 +169,12 @@ def _fmt(x: Any, suffix: str = "") -> str:
 
 
 def table(base: Mapping[str, Any]) -> str:
-    """Markdown: profile, command, estimated GPU cost, DP-SGD plan, published reference numbers."""
+    """Markdown: profile, method, dataset, command, estimated GPU cost, DP-SGD plan (of the first
+    method), published reference numbers."""
     rows = [
-        "| profile | dataset | command | est. GPU time / memory | DP-SGD σ, steps | "
+        "| profile | method | dataset | command | est. GPU time / memory | DP-SGD σ, steps | "
         "published FID / acc. (%) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in names():
         s = check(name, base)
@@ -160,7 +183,8 @@ def table(base: Mapping[str, Any]) -> str:
         cost = f"~{m.get('gpu_hours', '?')} h / ~{m.get('gpu_memory_gb', '?')} GB"
         dp = f"{s['noise_multiplier']:.3g}, {s['steps']}"
         ref = f"{_fmt(pub.get('fid'))} / {_fmt(pub.get('accuracy'))}"
-        rows.append(f"| {name} | {m['dataset']} | {cmd} | {cost} | {dp} | {ref} |")
+        methods = ", ".join(s["params"].methods)
+        rows.append(f"| {name} | {methods} | {m['dataset']} | {cmd} | {cost} | {dp} | {ref} |")
     return "\n".join(rows)
 
 
@@ -187,11 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "check":
             base = read_base(args.params)
             for n in args.names or names():
-                r = check(n, base)
-                print(
-                    f"{n}: ok (central eps {r['central_epsilon']:.3f}, DP-SGD sigma "
-                    f"{r['noise_multiplier']:.3f} x {r['steps']} steps, batch ~{r['expected_batch']:.0f})"
-                )
+                for m, r in check(n, base)["plans"].items():
+                    warm = "".join(f"{k} eps {e:.3f}, " for k, e in r["warmup_epsilons"].items())
+                    print(
+                        f"{n}: ok ({m}: {warm}DP-SGD sigma {r['noise_multiplier']:.3f} x "
+                        f"{r['steps']} steps, batch ~{r['expected_batch']:.0f}, "
+                        f"total eps {r['epsilon']:.3f})"
+                    )
         elif args.cmd == "show":
             print(yaml.safe_dump(load(args.name).merged(read_base(args.params)), sort_keys=False))
         elif args.cmd == "apply":
