@@ -117,6 +117,7 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
         central_images,
         evaluate,
         fid_reference,
+        frequency,
         launch,
         prepare,
         pretrain,
@@ -137,6 +138,7 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
     run("fid_reference", fid_reference.run, params, paths)
     for m in params.methods:
         run("central", central_images.run, params, paths, m)
+        run("frequency", frequency.run, params, paths, m)
         run("pretrain", pretrain.run, params, paths, m)
         run("finetune", launch.run_finetune, params, paths, m)
         run("sample", sample.run, params, paths, m)
@@ -148,8 +150,7 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
     run("central", central_images.run, mode, paths, "dpfeta")
     for sampler in SAMPLERS:
         over = {"sample": {"sampler": sampler, "steps": 3, "count": 10, "batch_size": 10}}
-        if sampler not in ("heun", "euler"):
-            over["sample"]["churn"] = 0.0
+        over["sample"]["churn"] = 10.0 if sampler in ("heun", "euler") else 0.0
         variant, _ = setup(over, root)
         run("sample", sample.run, variant, paths, "dpfeta")
     return read
