@@ -18,12 +18,12 @@ from easyhard.privacy.audit import (
     epsilon_lower_bound,
     gaussian_delta,
     gaussian_epsilon,
-    gaussian_mechanism_audit,
     gaussian_sigma,
     guesses,
     max_epsilon,
     p_value,
 )
+from easyhard.privacy.gaussian_audit import expected_gaussian_audit, gaussian_mechanism_audit
 
 DELTA = 1e-5
 
@@ -285,7 +285,6 @@ def test_monte_carlo_audit_approaches_the_method_limit(m, seeds, tol):
     expected outcome (the one-run method's limit at that m); measured: m = 1,000 -> 0.60 +- 0.14
     vs limit 0.50; m = 10,000 -> 1.03 +- 0.08 vs 0.90 (both far below eps = 2: one run of a
     single Gaussian release is a loose audit)."""
-    from easyhard.privacy.audit import expected_gaussian_audit
 
     sigma = gaussian_sigma(2.0, 1e-5)
     limit = expected_gaussian_audit(sigma, m, 1e-5)
@@ -299,7 +298,6 @@ def test_monte_carlo_audit_approaches_the_method_limit(m, seeds, tol):
 
 
 def test_method_limit_grows_with_the_number_of_canaries():
-    from easyhard.privacy.audit import expected_gaussian_audit
 
     sigma = gaussian_sigma(2.0, 1e-5)
     limits = [expected_gaussian_audit(sigma, m, 1e-5)["eps"] for m in (100, 1000, 10000)]

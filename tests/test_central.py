@@ -98,7 +98,6 @@ def test_mean_query_noise_scale_on_empty_sample():
     cfg = replace(
         DEFAULTS.central,
         type="mean",
-        noise_multiplier=2.0,
         sample_rate=1e-9,
         downsample=1,
         postprocess="none",
@@ -106,11 +105,11 @@ def test_mean_query_noise_scale_on_empty_sample():
     )
     x = np.full((50, 1, 16, 16), 0.5, np.float32)
     y = np.arange(50) % K
-    scale = release_scale(cfg, 50, K, x.shape[1:])
+    scale = release_scale(cfg, 2.0, 50, K, x.shape[1:])
     # undo the clamp by measuring the fraction of zeros: P(noise <= 0) = 1/2 for mean-zero noise
     out = query_once(x, y, K, cfg, scale, SeededSource(3, "t"))
     assert 0.4 < (out == 0).mean() < 0.6
-    std = cfg.noise_multiplier * mean_sensitivity(256, mean_normaliser(50, K, cfg.sample_rate))
+    std = 2.0 * mean_sensitivity(256, mean_normaliser(50, K, cfg.sample_rate))
     assert scale.std == std > 1e6  # dividing by the public q*N/K, not the realised count
 
 
@@ -118,17 +117,14 @@ def test_query_central_images_shapes_and_ledger_entry():
     rng = np.random.default_rng(0)
     x = rng.random((200, 1, 28, 28)).astype(np.float32)
     y = np.arange(200) % 10
-    cfg = replace(DEFAULTS.central, queries=3, downsample=4, sample_rate=0.5, noise_multiplier=5.0)
-    ci = query_central_images(
-        x, y, 10, cfg, public_size=200, source=SeededSource(0, "c"), progress=False
-    )
+    cfg = replace(DEFAULTS.central, queries=3, downsample=4, sample_rate=0.5)
+    kw = dict(noise_multiplier=5.0, public_size=200, progress=False)
+    ci = query_central_images(x, y, 10, cfg, source=SeededSource(0, "c"), **kw)
     assert ci.x.shape == (30, 1, 28, 28) and ci.y.tolist() == list(range(10)) * 3
     assert ci.x.min() >= 0 and ci.x.max() <= 1
-    m = ci.mechanism
-    assert (m.noise_multiplier, m.sample_rate, m.steps) == (5.0, 0.5, 3)
-    again = query_central_images(
-        x, y, 10, cfg, public_size=200, source=SeededSource(0, "c"), progress=False
-    )
+    assert math.isclose(ci.scale.std, 5.0 * ci.scale.sensitivity)
+    assert ci.query.tolist() == [t for t in range(3) for _ in range(10)]
+    again = query_central_images(x, y, 10, cfg, source=SeededSource(0, "c"), **kw)
     assert np.array_equal(ci.x, again.x)  # seeded mode: deterministic given the seed
 
 
@@ -139,6 +135,7 @@ def test_query_refuses_downsample_larger_than_image():
             np.arange(4) % 2,
             2,
             replace(DEFAULTS.central, downsample=4),
+            noise_multiplier=1.0,
             public_size=4,
             source=SeededSource(0, "c"),
             progress=False,
@@ -163,7 +160,14 @@ def test_query_shapes_and_range_property(kind, factor, channels, n, post, q, see
         DEFAULTS.central, type=kind, downsample=factor, postprocess=post, sample_rate=q, queries=2
     )
     ci = query_central_images(
-        x, y, 3, cfg, public_size=n, source=SeededSource(seed, "c"), progress=False
+        x,
+        y,
+        3,
+        cfg,
+        noise_multiplier=3.0,
+        public_size=n,
+        source=SeededSource(seed, "c"),
+        progress=False,
     )
     assert ci.x.shape == (6, channels, 8, 8)
     assert np.isfinite(ci.x).all() and ci.x.min() >= 0 and ci.x.max() <= 1

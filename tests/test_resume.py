@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from easyhard.config import defaults
-from easyhard.pipeline import central_images, finetune, prepare, pretrain
+from easyhard.pipeline import central_images, finetune, frequency, prepare, pretrain
 from easyhard.pipeline.notebook import setup
 from easyhard.pipeline.paths import Paths
 from easyhard.privacy import Ledger
@@ -37,6 +37,7 @@ def _prepared(root: Path, randomness: str) -> Path:
     params, paths = setup({}, root)
     prepare.run(params, paths)
     central_images.run(params, paths, "dpdm")
+    frequency.run(params, paths, "dpdm")
     pretrain.run(params, paths, "dpdm")
     return root
 
