@@ -114,6 +114,7 @@ def test_audit_certifies_no_more_than_the_ledger_claims(tiny_run):
         assert 0.0 <= audit["epsilon_lower_bound"] <= audit["claimed_epsilon"] <= audit["epsilon"]
         assert 0.0 <= audit["blackbox_auc"] <= 1.0
         assert (tiny_run / "runs" / m / "audit" / "canary_scores.png").is_file()
+        assert audit["figure"] == f"runs/{m}/audit/canary_scores.png"  # committed: no local path
 
 
 def test_audit_stage_fails_in_one_line_when_the_noise_is_public(tiny_run, tmp_path):

@@ -358,3 +358,34 @@ def test_cli_epsilon_bad_file(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1
     assert "unknown ledger keys" in proc.stderr
+
+
+@pytest.mark.parametrize("epsilon", [0.5, 10.0])
+def test_cli_plan_from_params_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], epsilon: float
+) -> None:
+    """`plan --params` plans every private method of a params file with the stages' planner:
+    with the budget shares, only privacy.epsilon changes, down to 0.5."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["privacy"]["epsilon"] = epsilon
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert privacy_cli.main(["plan", "--params", str(path)]) == 0
+    out = capsys.readouterr().out
+    for name in ("dpfeta", "dpdm", "fetapro"):
+        assert f"\n{name} (" in out
+    assert "not a release" in out  # the non-private ceiling
+    totals = [float(line.split(": ")[1].split()[0]) for line in out.splitlines() if "total" in line]
+    assert len(totals) == 3 and all(0.99 * epsilon <= t <= epsilon for t in totals)
+    assert "frequency_mmd" in out and "central_images_mean" in out
+
+
+def test_cli_plan_without_params_names_what_is_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert privacy_cli.main(["plan", "--epsilon", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--delta" in err and "--steps or --epochs" in err

@@ -93,7 +93,9 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     )
     out["figure"] = str(save_figure(figure, paths.figure(method, "audit", "canary_scores")))
     savez(paths.stage(method, "audit") / "canaries.npz", scores=res.scores, included=res.included)
-    write_json(paths.audit_metrics(method), out)
+    # the metrics file is committed: the figure's path relative to the repository, not this machine's
+    relative = str(paths.figure(method, "audit", "canary_scores").relative_to(paths.root))
+    write_json(paths.audit_metrics(method), {**out, "figure": relative})
     if not res.passed:
         raise AuditFailure(
             f"{method}: the audit certifies eps >= {res.epsilon_lower_bound:.3f} at "

@@ -1,5 +1,6 @@
 """Privacy planner CLI.
 
+python -m easyhard.privacy plan --params params.yaml [--method fetapro]
 python -m easyhard.privacy plan --epsilon 10 --delta 1e-5 --central 5,0.2,20 \\
     --sample-rate 0.1 --epochs 20 [--accountant prv|pld|rdp] [--out ledger.json]
 python -m easyhard.privacy epsilon ledger.json [--accountant prv|pld|rdp]
@@ -57,9 +58,19 @@ def _parser() -> _Parser:
     parser = _Parser(prog=PROG, description="Plan and check DP budgets for easyhard runs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    plan = sub.add_parser("plan", help="calibrate the DP-SGD noise after the central images")
-    plan.add_argument("--epsilon", type=float, required=True, help="target total epsilon")
-    plan.add_argument("--delta", type=float, required=True, help="target delta")
+    plan = sub.add_parser(
+        "plan",
+        help="calibrate the DP-SGD noise after the warm-ups (from --params, or given by hand)",
+    )
+    plan.add_argument(
+        "--params",
+        metavar="FILE",
+        help="plan every private method of this params.yaml (the stages' own planner); "
+        "the other options are then not used",
+    )
+    plan.add_argument("--method", help="with --params: only this method")
+    plan.add_argument("--epsilon", type=float, help="target total epsilon")
+    plan.add_argument("--delta", type=float, help="target delta")
     plan.add_argument(
         "--central",
         type=_central,
@@ -68,8 +79,8 @@ def _parser() -> _Parser:
         metavar="NOISE,RATE,STEPS",
         help="a central-images query (repeatable; absent = none)",
     )
-    plan.add_argument("--sample-rate", type=float, required=True, help="DP-SGD Poisson rate q")
-    length = plan.add_mutually_exclusive_group(required=True)
+    plan.add_argument("--sample-rate", type=float, help="DP-SGD Poisson rate q")
+    length = plan.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="DP-SGD steps")
     length.add_argument("--epochs", type=float, help="DP-SGD epochs (steps = round(epochs/q))")
     plan.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
@@ -172,7 +183,51 @@ def _report(ledger: Ledger) -> dict[str, Any]:
     return record
 
 
+def _plan_params(args: argparse.Namespace) -> None:
+    """Plan each private method of a params file with :func:`easyhard.pipeline.release.plan`."""
+    from easyhard.config import load_params
+    from easyhard.pipeline.methods import method as method_row
+    from easyhard.pipeline.release import plan
+
+    params = load_params(args.params)
+    names = [args.method] if args.method else list(params.methods)
+    rows = [method_row(n) for n in names]
+    p = params.privacy
+    record: dict[str, Any] = {}
+    for row in rows:
+        print(f"\n{row.name} ({row.title}):")
+        if not row.private:
+            print("  not a release (no noise, no clipping): nothing to plan")
+            continue
+        release = plan(params, row)
+        ledger = Ledger(
+            delta=p.delta,
+            target_epsilon=p.epsilon,
+            accountant=p.accountant,
+            mechanisms=list(release.mechanisms),
+        )
+        record = _report(ledger)
+        print(f"noise_multiplier={release.dp_sgd.noise_multiplier!r}")
+    if record:
+        print(f"epsilon={record['epsilon']!r}")
+
+
 def _plan(args: argparse.Namespace) -> None:
+    if args.params:
+        return _plan_params(args)
+    missing = [
+        flag
+        for flag, value in (
+            ("--epsilon", args.epsilon),
+            ("--delta", args.delta),
+            ("--sample-rate", args.sample_rate),
+        )
+        if value is None
+    ]
+    if args.steps is None and args.epochs is None:
+        missing.append("--steps or --epochs")
+    if missing:
+        raise ValueError(f"plan needs --params FILE, or {', '.join(missing)}")
     if not args.epsilon > 0:
         raise ValueError(f"--epsilon must be > 0, got {args.epsilon:g}")
     if not 0 < args.delta < 1:
