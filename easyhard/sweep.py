@@ -1,6 +1,6 @@
 """Collect a privacy sweep (DVC experiments or metrics files) into quality-vs-ε plots and a table.
 
-    dvc exp run -S privacy.epsilon=1 -S central.noise_multiplier=10   # ... one run per budget
+    dvc exp run -S privacy.epsilon=1                  # ... one run per budget
     python -m easyhard.sweep                          # runs `dvc exp show --json` itself
     python -m easyhard.sweep --exp-json exps.json     # or a saved `dvc exp show --json` output
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
