@@ -97,7 +97,7 @@ def markdown_table(
             else "–"
             for c in classifiers
         ]
-        spent = f"{r['epsilon']:.3g}" if "epsilon" in r else "–"
+        spent = f"{r['epsilon']:.3g}" if r.get("epsilon") is not None else "–"
         fid = f"{r['fid']:.1f}" if "fid" in r else "–"
         cells = [r["experiment"], r["method"], f"{r['target_epsilon']:g}", spent, fid, *accs]
         lines.append("| " + " | ".join(map(str, cells)) + " |")

@@ -111,3 +111,13 @@ def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
     exp_json.write_text(json.dumps(EXP_SHOW))
     assert sweep.main(["--exp-json", str(exp_json), "--out", str(out)]) == 0
     assert sweep.main([str(tmp_path / "missing.json"), "--out", str(out)]) == 2
+
+
+def test_the_non_private_ceiling_has_no_epsilon_spent(tmp_path, capsys):
+    """The ceiling's metrics.json says epsilon: null (not a release): a row with ε spent '–'."""
+    f = tmp_path / "runs" / "nonprivate" / "metrics.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps({**metrics(10.0, 140.0, 0.75), "epsilon": None}))
+    assert sweep.main([str(f), "--out", str(tmp_path / "out")]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "nonprivate" in line)
+    assert "| nonprivate | 10 | – | 140.0 |" in row
