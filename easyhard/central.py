@@ -161,7 +161,7 @@ def noisy_statistic(
         stat = mean_statistic(xd, yk, n_classes, scale.normaliser)
     else:
         stat = class_histograms(xd, yk, n_classes, cfg.bins)
-    return stat + source.normal(stat.shape, scale.std)
+    return source.gaussian(stat, scale.std)
 
 
 def query_once(

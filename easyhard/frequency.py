@@ -283,7 +283,7 @@ def release_frequency_embedding(
         keep = np.asarray(source.bernoulli(len(y_np), params.sample_rate), dtype=bool)
         x_np, y_np = x_np[keep], y_np[keep]
     stat = frequency_statistic(x_np, y_np, n_classes, w, params.downsample, normaliser)
-    noisy = stat + source.normal(stat.shape, std)
+    noisy = source.gaussian(stat, std)
     return FrequencyRelease(
         embedding=noisy,
         frequencies=w,

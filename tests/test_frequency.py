@@ -169,6 +169,9 @@ class _RecordingSource:
         self.calls.append(("normal", tuple(shape), std))
         return np.zeros(shape)
 
+    def gaussian(self, exact, std):
+        return np.asarray(exact, np.float64) + self.normal(np.shape(exact), std)
+
     def bernoulli(self, n, p):
         self.calls.append(("bernoulli", n, p))
         return np.arange(n) % self.keep_every == 0

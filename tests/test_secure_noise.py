@@ -210,6 +210,9 @@ class RecordingSource:
         self.stds.append(float(std))
         return self.inner.normal(shape, std)
 
+    def gaussian(self, exact, std):
+        return np.asarray(exact, np.float64) + self.normal(np.shape(exact), std)
+
     def bernoulli(self, n, p):
         return self.inner.bernoulli(n, p)
 
@@ -281,6 +284,9 @@ class _Exact:
 
     def normal(self, shape, std=1.0):
         return np.zeros(shape)
+
+    def gaussian(self, exact, std):
+        return np.asarray(exact, np.float64) + self.normal(np.shape(exact), std)
 
 
 @pytest.mark.parametrize("kind", ["mean", "mode"])

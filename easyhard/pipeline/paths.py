@@ -8,10 +8,20 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Paths:
-    """Each stage writes into its own folder (one DVC output), except the per-method ledger and
-    metrics, which sit side by side in ``runs/<method>/`` (small, kept in git)."""
+    """Two zones. The *public zone* (everything under ``root`` but ``private/``): mechanism outputs,
+    post-processing of them and results on the held-out split, which is declared public. Each stage
+    writes into its own folder (one DVC output), except the per-method ledger and metrics, which sit
+    side by side in ``runs/<method>/`` (small, kept in git). The *private zone* (``private/``, never
+    in git, never a DVC dependency or output, ignored by DVC): the sensitive training split,
+    checkpoints, un-noised diagnostics and figures, and the executed notebooks of the stages that
+    read the sensitive data."""
 
     root: Path
+
+    @property
+    def private(self) -> Path:
+        """The private zone's root."""
+        return self.root / "private"
 
     @property
     def prepared(self) -> Path:
@@ -19,7 +29,12 @@ class Paths:
 
     @property
     def train(self) -> Path:
-        return self.prepared / "train.npz"
+        """The sensitive training split (private zone)."""
+        return self.private / "prepared" / "train.npz"
+
+    def private_stage(self, method: str, stage: str) -> Path:
+        """A stage's private folder: un-noised diagnostics, figures, its executed notebook."""
+        return self.private / "runs" / method / stage
 
     @property
     def test(self) -> Path:
@@ -48,7 +63,8 @@ class Paths:
         return self.stage(method, stage) / "model.pt"
 
     def history(self, method: str, stage: str) -> Path:
-        return self.stage(method, stage) / "loss.json"
+        """Per-step training diagnostics (un-noised for DP fine-tuning): private zone."""
+        return self.private_stage(method, stage) / "loss.json"
 
     def ledger(self, method: str) -> Path:
         return self.root / "runs" / method / "ledger.json"
@@ -65,10 +81,17 @@ class Paths:
     def figure(self, method: str, stage: str, name: str) -> Path:
         return self.stage(method, stage) / f"{name}.png"
 
+    def private_figure(self, method: str, stage: str, name: str) -> Path:
+        """A figure of un-noised values (private zone)."""
+        return self.private_stage(method, stage) / f"{name}.png"
+
+    def membership(self, method: str) -> Path:
+        """Membership diagnostics of a released model (exact functions of training records)."""
+        return self.private_stage(method, "audit") / "membership.json"
+
     def checkpoint(self, method: str, stage: str) -> Path:
-        """Resumable training state: private, outside DVC's outputs (DVC deletes those before a
-        rerun) and git."""
-        return self.root / "checkpoints" / method / f"{stage}.pt"
+        """Resumable training state: private zone (DVC deletes its outputs before a rerun)."""
+        return self.private / "checkpoints" / method / f"{stage}.pt"
 
     @property
     def report(self) -> Path:

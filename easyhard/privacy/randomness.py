@@ -48,6 +48,11 @@ class NoiseSource(Protocol):
         """``n`` independent Bernoulli(p) draws (bool): a Poisson-sampling mask."""
         ...
 
+    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
+        """The Gaussian mechanism's output ``exact + N(0, std^2)`` (float64): every mechanism adds
+        its noise through this one call, so its released value is this call's return value."""
+        ...
+
     def state(self) -> dict[str, Any] | None:
         """What a checkpoint may keep to resume the stream (None: nothing, draw fresh)."""
         ...
@@ -123,6 +128,10 @@ class SecureSource:
     def bernoulli(self, n: int, p: float) -> np.ndarray:
         return self.uniform(int(n)) < float(p)
 
+    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
+        exact = np.asarray(exact, dtype=np.float64)
+        return exact + self.normal(exact.shape, std)
+
     def state(self) -> None:
         return None  # the key is never saved: a resumed run draws fresh secret noise
 
@@ -156,6 +165,10 @@ class SeededSource:
 
     def bernoulli(self, n: int, p: float) -> np.ndarray:
         return self._rng.random(int(n)) < float(p)
+
+    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
+        exact = np.asarray(exact, dtype=np.float64)
+        return exact + self.normal(exact.shape, std)
 
     def state(self) -> dict[str, Any]:
         return self._rng.bit_generator.state
