@@ -7,6 +7,7 @@ Where datasets come from is :mod:`easyhard.datasets`.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -62,20 +63,30 @@ class ImageSet:
         return len(self.y)
 
 
-def validate(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], what: str = "dataset") -> None:
-    """Raise :class:`DataError` on anything that would make training or privacy accounting wrong."""
+def validate(
+    x: np.ndarray,
+    y: np.ndarray,
+    classes: tuple[str, ...],
+    what: str = "dataset",
+    every_class: bool = True,
+) -> None:
+    """Raise :class:`DataError` on anything that would make training or evaluation wrong.
+
+    For public data (the held-out split, synthetic images). The sensitive training split is never
+    refused record by record (:func:`sanitize`); ``every_class=False`` lets one of its classes be
+    empty."""
     if x.ndim != 4:
         raise DataError(f"{what}: images must be NCHW (4-d), got shape {x.shape}")
     if x.shape[1] not in (1, 3):
         raise DataError(f"{what}: images must have 1 or 3 channels, got {x.shape[1]}")
     if len(x) != len(y):
         raise DataError(f"{what}: {len(x)} images but {len(y)} labels")
-    if len(x) == 0:
+    if len(x) == 0 and every_class:
         raise DataError(f"{what}: no images")
     finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if not finite.all():
         raise DataError(f"{what}: image {int(np.argmin(finite))} has NaN or inf values")
-    lo, hi = float(x.min()), float(x.max())
+    lo, hi = (float(x.min()), float(x.max())) if len(x) else (0.0, 1.0)
     if lo < 0 or hi > 1:
         raise DataError(f"{what}: pixel values must lie in [0, 1], found [{lo:g}, {hi:g}]")
     if not np.issubdtype(y.dtype, np.integer):
@@ -86,7 +97,7 @@ def validate(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], what: str =
         raise DataError(f"{what}: label {int(y[i])} at index {i} is outside [0, {len(classes)})")
     counts = np.bincount(y, minlength=len(classes))
     empty = np.flatnonzero(counts == 0)
-    if len(empty):
+    if len(empty) and every_class:
         raise DataError(f"{what}: class {classes[int(empty[0])]!r} has no images")
 
 
@@ -192,30 +203,68 @@ def load_images(path: str | Path) -> np.ndarray:
     raise DataError(f"{p} is neither an image folder nor an .npz file")
 
 
+def record_hashes(ds: ImageSet, seed: int) -> np.ndarray:
+    """One 64-bit keyed hash per record, a function of that record alone (its pixels as stored,
+    8-bit, its label) and the public ``seed``: uniform in [0, 1) after dividing by 2^64."""
+    key = int(seed).to_bytes(8, "little", signed=True)
+    x8 = np.round(np.clip(np.nan_to_num(ds.x, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = np.empty(len(ds), dtype=np.uint64)
+    for i in range(len(ds)):
+        h = hashlib.blake2b(x8[i].tobytes(), digest_size=8, key=key, person=b"easyhard-split")
+        h.update(int(ds.y[i]).to_bytes(8, "little", signed=True))
+        out[i] = int.from_bytes(h.digest(), "little")
+    return out
+
+
 def split(
     ds: ImageSet, test_fraction: float, seed: int, max_per_class: int | None = None
 ) -> tuple[ImageSet, ImageSet]:
-    """Deterministic stratified split into (sensitive train, held-out real test).
+    """Split into (sensitive train, held-out real test), each record by its own keyed hash.
 
-    Per class, a seeded permutation puts ``round(test_fraction * n_c)`` images into the test set;
-    ``max_per_class`` then caps the *training* images kept per class.
+    Record ``i`` goes to the test split when ``h_i / 2^64 < test_fraction``, with ``h_i`` =
+    :func:`record_hashes` (the public seed as key): adding or removing one record of the source
+    moves no other record between the splits, and the split never stops for the data's size or
+    class counts (a class may end up with no training image; the mechanisms handle that). Both
+    splits keep the source order. ``max_per_class`` caps the training images per class, keeping the
+    smallest hashes (a development option: with it set, one added record can displace one other).
     """
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for c in range(ds.n_classes):
-        idx = rng.permutation(np.flatnonzero(ds.y == c))
-        n_test = int(round(test_fraction * len(idx)))
-        if len(idx) - n_test < 1:
-            raise DataError(f"class {ds.classes[c]!r}: too few images ({len(idx)}) to split")
-        test_idx.append(idx[:n_test])
-        tr = idx[n_test:]
-        train_idx.append(tr[:max_per_class] if max_per_class else tr)
-    tr = np.sort(np.concatenate(train_idx))
-    te = np.sort(np.concatenate(test_idx))
+    u = record_hashes(ds, seed).astype(np.float64) / 2.0**64
+    test = u < test_fraction
+    tr = np.flatnonzero(~test)
+    if max_per_class:
+        order = tr[np.argsort(u[tr], kind="stable")]
+        keep = np.concatenate(
+            [order[ds.y[order] == c][:max_per_class] for c in range(ds.n_classes)]
+        )
+        tr = np.sort(keep)
+    te = np.flatnonzero(test)
     return (
         ImageSet(ds.x[tr], ds.y[tr], ds.classes),
         ImageSet(ds.x[te], ds.y[te], ds.classes),
     )
+
+
+def sanitize(ds: ImageSet) -> tuple[ImageSet, dict[str, int]]:
+    """Make every record of a *sensitive* source usable without stopping the run.
+
+    A check that stops for one dataset and not for its neighbour is an exact (epsilon = infinity)
+    release, so record-level problems are repaired record by record: pixels are clipped to [0, 1]
+    (NaN -> 0, +-inf -> the nearest bound) and records with a label outside the classes are
+    dropped. Returns the repaired set and the counts of what was done (private: an exact statistic
+    of the data, for the private log only). Format problems of the whole source (not NCHW, wrong
+    channel count, non-integer labels) still raise :class:`DataError`."""
+    x, y = ds.x, ds.y
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or len(x) != len(y):
+        validate(x, y, ds.classes, what="sensitive source")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"sensitive source: labels must be integers, got {y.dtype}")
+    bad_pixels = int((~np.isfinite(x) | (x < 0) | (x > 1)).reshape(len(x), -1).any(1).sum())
+    x = np.clip(np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0).astype(np.float32)
+    ok = (y >= 0) & (y < len(ds.classes))
+    return ImageSet(x[ok], y[ok], ds.classes), {
+        "records_with_pixels_repaired": bad_pixels,
+        "records_dropped_for_labels": int((~ok).sum()),
+    }
 
 
 def save_npz(path: str | Path, ds: ImageSet) -> None:
@@ -224,8 +273,10 @@ def save_npz(path: str | Path, ds: ImageSet) -> None:
     savez(path, x=x8, y=ds.y, classes=np.asarray(ds.classes))
 
 
-def load_npz(path: str | Path) -> ImageSet:
-    """Read an ``.npz`` written by :func:`save_npz` (or any with ``x`` in [0,1] or uint8, and ``y``)."""
+def load_npz(path: str | Path, every_class: bool = True) -> ImageSet:
+    """Read an ``.npz`` written by :func:`save_npz` (or any with ``x`` in [0,1] or uint8, and ``y``).
+
+    ``every_class=False`` for the sensitive training split, where a class may be empty."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -234,5 +285,5 @@ def load_npz(path: str | Path) -> ImageSet:
         classes = tuple(str(c) for c in f["classes"]) if "classes" in f else None
     x = to_float(x, 255.0) if x.dtype == np.uint8 else x.astype(np.float32)
     classes = classes or tuple(str(i) for i in range(int(y.max()) + 1))
-    validate(x, y, classes, what=str(path))
+    validate(x, y, classes, what=str(path), every_class=every_class)
     return ImageSet(x, y, classes)

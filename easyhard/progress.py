@@ -1,8 +1,10 @@
 """Progress bars for long loops: widgets in an interactive Jupyter session, text everywhere else.
 
 Inside a pipeline run (``python -m easyhard.run`` sets ``EASYHARD_TEXT_PROGRESS``) the bars stay
-plain text on stderr, so they show in ``dvc repro``'s log; a notebook opened in JupyterLab gets
-tqdm's widget (``ipywidgets``, in the ``lab`` extra).
+plain text on stderr, so they show in ``dvc repro``'s log (a private stage's go to its private log)
+and show no wall-clock times or rates, so that the executed notebook, which keeps each bar's final
+line, is a function of the run's inputs. A notebook opened in JupyterLab gets tqdm's widget
+(``ipywidgets``, in the ``lab`` extra).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 from tqdm import tqdm
 
 TEXT_ENV = "EASYHARD_TEXT_PROGRESS"
+
+#: Text bars in pipeline runs: position and postfix, no times (they would make notebooks differ).
+TEXT_FORMAT = "{desc}: {percentage:3.0f}%|{bar:20}| {n_fmt}/{total_fmt}{postfix}"
 
 
 def _interactive_jupyter() -> bool:
@@ -35,4 +40,7 @@ def progress_bar(*args: Any, **kwargs: Any) -> tqdm:
 
         kwargs.pop("file", None)
         return notebook_tqdm(*args, **kwargs)
+    if os.environ.get(TEXT_ENV):
+        kwargs.setdefault("bar_format", TEXT_FORMAT)
+        kwargs.setdefault("mininterval", 2.0)
     return tqdm(*args, **kwargs)

@@ -5,22 +5,101 @@ any data is read). The notebook reads ``params.yaml`` itself (the kernel runs in
 root); papermill injects only the notebook's declared parameters (``method`` for per-method stages),
 so it never warns about unknown ones. The executed notebook is written under a temporary name and
 renamed to OUTPUT only when every cell succeeded; a failed run leaves ``OUTPUT`` absent and keeps
-the partial notebook as ``*.failed.ipynb`` for inspection. Progress bars stay plain text (they show
-in ``dvc repro``'s log).
+the partial notebook as ``*.failed.ipynb`` for inspection.
+
+The trust boundary (:mod:`easyhard.pipeline.zones`): a stage that reads the sensitive data runs with
+its executed notebook inside ``private/`` and with every byte that it, papermill and the kernel
+write to stdout and stderr sent to ``private/logs/``; the terminal (and so ``dvc repro``'s log)
+gets one line saying where to look. Public stages echo their cells' output. Saved notebooks keep no
+wall-clock times, and each cell's progress bar is stored as its final line only
+(:func:`tidy_notebook`), so an executed notebook is a function of its inputs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from easyhard.config import load_params
+from easyhard.pipeline.zones import ZoneError
 from easyhard.schema import ConfigError
 
 # Exceptions raised inside a notebook that are the user's input, not a bug: exit 2, one line.
 INPUT_ERRORS = {"ConfigError", "DataError", "PrivacyBudgetError", "ValueError", "FileNotFoundError"}
+
+#: Metadata keys that hold wall-clock times (papermill's and Jupyter's).
+_TIMING_KEYS = ("start_time", "end_time", "duration")
+
+
+def _final_text(text: str) -> str:
+    """What a terminal would show of ``text``: each line's part after its last carriage return."""
+    lines = text.split("\n")
+    return "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
+
+
+def tidy_notebook(nb: Any, name: str) -> Any:
+    """Drop wall-clock times and temporary paths from an executed notebook; merge each cell's
+    consecutive stream outputs into one, as a terminal shows them (a progress bar: its last line)."""
+    pm = nb.metadata.get("papermill", {})
+    for k in _TIMING_KEYS:
+        pm.pop(k, None)
+    pm["output_path"] = name
+    for cell in nb.cells:
+        meta = cell.get("metadata", {})
+        meta.pop("execution", None)
+        for k in _TIMING_KEYS:
+            meta.get("papermill", {}).pop(k, None)
+        outputs, merged = cell.get("outputs", []), []
+        for out in outputs:
+            if (
+                out.get("output_type") == "stream"
+                and merged
+                and merged[-1].get("output_type") == "stream"
+                and merged[-1].get("name") == out.get("name")
+            ):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                out["text"] = _final_text(out["text"])
+        if "outputs" in cell:
+            cell["outputs"] = merged
+    return nb
+
+
+@contextlib.contextmanager
+def _into_file(log: Path) -> Iterator[None]:
+    """Send file descriptors 1 and 2 (this process and every child it starts) into ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (fd, *saved):
+            os.close(f)
+
+
+def private_log(root: Path, output: Path) -> Path:
+    """Where a private stage's stdout/stderr go: ``private/logs/<output file stem>.log``."""
+    from easyhard.pipeline.paths import Paths
+
+    rel = output.resolve().relative_to(Paths(root).private.resolve())
+    return Paths(root).private / "logs" / rel.with_suffix(".log")
 
 
 def run_notebook(
@@ -28,18 +107,40 @@ def run_notebook(
     output: str | Path,
     root: str | Path = ".",
     extra: dict | None = None,
-    progress: bool = True,
+    progress: bool = False,
 ) -> None:
     """Execute ``notebook`` in ``root`` with ``extra`` (e.g. ``{"method": "dpfeta"}``) injected
-    as papermill parameters; atomic output."""
-    import papermill as pm
-
-    from easyhard.progress import TEXT_ENV
+    as papermill parameters; atomic output. A private-zone stage's output must lie in ``private/``
+    and its stdout/stderr go to its private log (:mod:`easyhard.pipeline.zones`)."""
+    from easyhard.pipeline import zones
 
     root = Path(root).resolve()
     load_params(root / "params.yaml")  # validate before anything runs
-    os.environ[TEXT_ENV] = "1"  # the kernel inherits it: text progress bars, for the logs
+    zones.check_output(notebook, output, root)
     output = Path(output)
+    if not output.is_absolute():
+        output = root / output
+    zone = zones.zone_of(notebook)
+    if zone == "private":
+        with _into_file(private_log(root, output)):
+            _execute(notebook, output, root, extra, zone, progress=False)
+    else:
+        _execute(notebook, output, root, extra, zone, progress)
+
+
+def _execute(
+    notebook: str | Path, output: Path, root: Path, extra: dict | None, zone: str, progress: bool
+) -> None:
+    import nbformat
+    import papermill as pm
+
+    from easyhard.pipeline.zones import ZONE_ENV
+    from easyhard.privacy.replay import RUN_ENV
+    from easyhard.progress import TEXT_ENV
+
+    os.environ[TEXT_ENV] = "1"  # the kernel inherits it: text progress bars, for the logs
+    os.environ[ZONE_ENV] = zone
+    os.environ[RUN_ENV] = Path(notebook).stem + "-" + str((extra or {}).get("method", "all"))
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running.ipynb")
     failed = output.with_name(f"{output.stem}.failed.ipynb")
@@ -60,6 +161,8 @@ def run_notebook(
         if tmp.exists():
             os.replace(tmp, failed)
         raise
+    nb = tidy_notebook(nbformat.read(tmp, as_version=4), output.name)
+    nbformat.write(nb, tmp)
     os.replace(tmp, output)
 
 
@@ -67,10 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easyhard.run", description=__doc__.splitlines()[0])
     ap.add_argument("notebook")
     ap.add_argument("output")
-    ap.add_argument("--method", help="method parameter for per-method stages (dpfeta|dpdm)")
+    ap.add_argument("--method", help="method parameter for per-method stages (see params.yaml)")
     ap.add_argument("--root", default=".", help="repository root holding params.yaml")
     args = ap.parse_args(argv)
     extra = {"method": args.method} if args.method else {}
+    what = Path(args.notebook).stem + (f" ({args.method})" if args.method else "")
+    private = _zone(args.notebook) == "private"
     try:
         if not Path(args.notebook).is_file():
             raise FileNotFoundError(f"notebook not found: {args.notebook}")
@@ -78,15 +183,41 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ZoneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # papermill's PapermillExecutionError carries the cell's exception
         ename = getattr(e, "ename", type(e).__name__)
-        evalue = getattr(e, "evalue", str(e))
-        print(f"error: {ename}: {evalue}", file=sys.stderr)
+        if private:  # its message may quote the data: it stays in the private log
+            print(
+                f"error: {what} failed in the private zone; see {_log_hint(args)}", file=sys.stderr
+            )
+        else:
+            evalue = getattr(e, "evalue", str(e))
+            print(f"error: {ename}: {evalue}", file=sys.stderr)
         return 2 if ename in INPUT_ERRORS else 1
+    if private:
+        print(f"{what}: done in the private zone (log: {_log_hint(args)})")
     return 0
+
+
+def _zone(notebook: str) -> str:
+    from easyhard.pipeline.zones import zone_of
+
+    return zone_of(notebook)
+
+
+def _log_hint(args: argparse.Namespace) -> str:
+    root = Path(args.root).resolve()
+    out = Path(args.output)
+    try:
+        log = private_log(root, out if out.is_absolute() else root / out)
+    except ValueError:
+        return "private/logs/"
+    return str(log.relative_to(root))
 
 
 if __name__ == "__main__":

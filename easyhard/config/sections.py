@@ -61,7 +61,8 @@ class PrivacyConfig:
     ``dataset_size`` is the *declared, public* number N of sensitive training records: every
     normaliser of a release (the central images' q*N/K, DP-SGD's q*N) and the delta < 1/N check use
     it, never the length of the data. A run whose actual N differs from it by more than
-    ``size_tolerance`` (relative) stops before any query. ``randomness``: ``secure`` (noise and
+    ``size_tolerance`` (relative) gets a warning in its private output and goes on (a halt that
+    depends on the data would itself be a release). ``randomness``: ``secure`` (noise and
     Poisson masks from the OS CSPRNG: a private release) or ``seeded`` (from the public seed: a
     bit-identical replay for tests, NOT a private release).
     """

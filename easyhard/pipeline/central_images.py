@@ -9,13 +9,12 @@ import numpy as np
 
 from easyhard.central import query_central_images
 from easyhard.config import Params
-from easyhard.data import load_npz
 from easyhard.io import save_figure, savez
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
+from easyhard.pipeline.zones import load_training
 from easyhard.pipeline.release import (
     NOT_PRIVATE,
-    check_dataset_size,
     new_ledger,
     noise_for,
     plan,
@@ -32,8 +31,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     ceiling computes the exact statistics (no noise), records nothing and writes an empty ledger
     marked not private."""
     row = method_row(method)
-    train = load_npz(paths.train)
-    check_dataset_size(params, len(train))
+    train = load_training(paths)  # private zone
     ledger = new_ledger(params)
     if not row.private:
         ledger.private = False

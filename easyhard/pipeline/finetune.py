@@ -16,15 +16,14 @@ import torch
 
 from easyhard.checkpoint import Checkpointer, digest
 from easyhard.config import Params
-from easyhard.data import load_npz
 from easyhard.dpsgd import expected_batch_size
 from easyhard.io import save_figure, write_json
 from easyhard.modelfile import load_model, save_model
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
+from easyhard.pipeline.zones import load_training
 from easyhard.pipeline.release import (
     NOT_PRIVATE,
-    check_dataset_size,
     is_private,
     noise_for,
     record_release,
@@ -41,12 +40,12 @@ from easyhard.world import SINGLE_PROCESS, World
 def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS) -> dict[str, Any]:
     """DP-SGD fine-tuning on the sensitive set (this process's share of a ``world``).
 
-    Writes the EMA model, the ledger (every mechanism of the release) and the un-noised per-step
-    diagnostics (``loss.json`` and its figure, labelled not private); only rank 0 writes files.
+    Writes the EMA model and the ledger (every mechanism of the release) into the public zone, and
+    the un-noised per-step diagnostics (``loss.json`` and its figure) into the private zone; only
+    rank 0 writes files. This stage's notebook and log are private (:mod:`easyhard.pipeline.zones`).
     """
     row = method_row(method)
-    train = load_npz(paths.train)
-    check_dataset_size(params, len(train))
+    train = load_training(paths)  # private zone
     ledger = Ledger.load(paths.frequency_ledger(method))
     # private only if every mechanism in it drew secret noise (the warm-ups and this stage)
     ledger.private = ledger.private and is_private(params) and row.private
@@ -129,9 +128,9 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
         train.shape,
         extra={"method": method, "noise_multiplier": sigma, "steps": steps},
     )
-    write_json(paths.history(method, "finetune"), hist.rows)
+    write_json(paths.private_history(method, "finetune"), hist.rows)
     ledger.save(paths.ledger(method))
     ckpt.clear()
     fig = loss_figure({method: hist.rows}, title=NOT_PRIVATE + ": DP-SGD fine-tuning loss")
-    fig_path = save_figure(fig, paths.figure(method, "finetune", "loss"))
+    fig_path = save_figure(fig, paths.private_figure(method, "finetune", "loss"))
     return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": fig_path}

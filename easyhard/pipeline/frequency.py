@@ -13,12 +13,12 @@ import numpy as np
 
 from easyhard.auxgen import train_aux_generator
 from easyhard.config import Params
-from easyhard.data import load_npz
 from easyhard.frequency import frequency_params, release_frequency_embedding
 from easyhard.io import save_figure, savez
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.release import check_dataset_size, noise_for, plan, record_release
+from easyhard.pipeline.zones import load_training
+from easyhard.pipeline.release import noise_for, plan, record_release
 from easyhard.pipeline.runtime import device
 from easyhard.plots import grid_figure, loss_figure
 from easyhard.privacy import Ledger
@@ -27,13 +27,12 @@ from easyhard.privacy import Ledger
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """Release the noisy embedding, fit the generator, save its images and the ledger so far."""
     row = method_row(method)
-    train = load_npz(paths.train)
+    train = load_training(paths)  # private zone
     ledger = Ledger.load(paths.central_ledger(method))
     out: dict[str, Any] = {"ledger": ledger}
     x = np.zeros((0, *train.shape), dtype=np.float32)
     y = np.zeros(0, dtype=np.int64)
     if row.frequency:
-        check_dataset_size(params, len(train))
         mech = plan(params, row).warmups[-1]  # the whole release fits: refuse before any query
         ledger.remaining_check(mech)
         fp = frequency_params(params.frequency, params.privacy)

@@ -37,6 +37,12 @@ class Paths:
         return self.private / "runs" / method / stage
 
     @property
+    def fingerprint(self) -> Path:
+        """The keyed fingerprint of the training split (public): what ``dvc.lock`` hashes for the
+        stages that read the sensitive data, instead of the data itself."""
+        return self.prepared / "fingerprint.json"
+
+    @property
     def test(self) -> Path:
         return self.prepared / "test.npz"
 
@@ -63,7 +69,12 @@ class Paths:
         return self.stage(method, stage) / "model.pt"
 
     def history(self, method: str, stage: str) -> Path:
-        """Per-step training diagnostics (un-noised for DP fine-tuning): private zone."""
+        """Per-step losses of a stage that trains on public (already DP) images."""
+        return self.stage(method, stage) / "loss.json"
+
+    def private_history(self, method: str, stage: str) -> Path:
+        """Per-step diagnostics computed from the sensitive data without noise (DP fine-tuning's
+        batch sizes, losses, gradient norms): private zone."""
         return self.private_stage(method, stage) / "loss.json"
 
     def ledger(self, method: str) -> Path:

@@ -29,9 +29,9 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     augmentation, then (FETA-Pro) ``frequency.pretrain_steps`` more steps on the auxiliary
     generator's images; a method without the easy stage keeps the fresh initialisation."""
     row = method_row(method)
-    train = load_npz(paths.train)
+    layout = load_npz(paths.test)  # public: only the image shape and class names are read
     torch.manual_seed(params.seed)
-    den = build_denoiser(params.network, train.shape, train.n_classes, params.edm.sigma_data)
+    den = build_denoiser(params.network, layout.shape, layout.n_classes, params.edm.sigma_data)
     den.to(device(params))
     curves: dict[str, list[dict[str, float]]] = {}
     if row.central_images:
@@ -51,7 +51,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         paths.model(method, "pretrain"),
         den,
         params.network,
-        train.shape,
+        layout.shape,
         extra={"method": method, "pretrain_steps": steps},
     )
     write_json(paths.history(method, "pretrain"), rows)

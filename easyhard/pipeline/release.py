@@ -1,16 +1,17 @@
 """What every stage that queries the sensitive data does around its mechanism.
 
-Before the query: check the data against the declared public size. For the query: a noise source
-that is secret unless seeded on purpose. After it: add the mechanisms to the dataset's spend log.
+Before the query: compare the data with the declared public size (a private warning, never a halt).
+For the query: a noise source that is secret unless seeded on purpose. After it: add the mechanisms
+to the data source's spend log.
 """
 
 from __future__ import annotations
 
 from easyhard.config import Params
-from easyhard.data import DataError, load_npz
+from easyhard.data import load_npz
 from easyhard.pipeline.methods import Method
 from easyhard.pipeline.paths import Paths
-from easyhard.privacy import Ledger, Mechanism, spend
+from easyhard.privacy import Ledger, Mechanism, replay, spend
 from easyhard.privacy.plan import Plan, plan_release
 from easyhard.privacy.randomness import NoiseSource, SecureSource, noise_source
 from easyhard.world import SINGLE_PROCESS, World
@@ -19,20 +20,20 @@ from easyhard.world import SINGLE_PROCESS, World
 NOT_PRIVATE = "not private, do not publish"
 
 
-def check_dataset_size(params: Params, n: int) -> None:
-    """Stop before any query when the data's size N is far from the declared public size.
+def size_warning(params: Params, n: int) -> str | None:
+    """A warning (for the private zone only) when the data's size N is far from the declared one.
 
     Every normaliser of a release uses the declared ``privacy.dataset_size``, never ``len`` of the
-    data; this check only guards against a wrong declaration (which would mis-scale the releases,
-    never break the guarantee). It reveals one bit about N (inside the tolerance or not) to whoever
-    sees that the run stopped.
-    """
+    data, so a wrong declaration mis-scales the releases but never breaks the guarantee; the run
+    goes on either way (a run that stops for one dataset and not for its neighbour is itself an
+    unaccounted release). The caller shows the warning only in its private output."""
     declared, tol = params.privacy.dataset_size, params.privacy.size_tolerance
     if abs(n - declared) > tol * declared:
-        raise DataError(
-            f"the sensitive training set has {n} records but privacy.dataset_size={declared} "
-            f"(tolerance {tol:g}): declare the public size of this dataset in params.yaml"
+        return (
+            f"warning: the sensitive training set has {n} records but privacy.dataset_size="
+            f"{declared} (tolerance {tol:g}): the releases are scaled for the declared size"
         )
+    return None
 
 
 def plan(params: Params, method: Method) -> Plan:
@@ -73,7 +74,13 @@ def noise_for(params: Params, stream: str, world: World = SINGLE_PROCESS) -> Noi
     key = None
     if is_private(params) and world.size > 1:
         key = world.broadcast_bytes(SecureSource.shared_key() if world.is_main else None)
-    return noise_source(params.privacy.randomness, params.seed, stream, key)
+    source = noise_source(params.privacy.randomness, params.seed, stream, key)
+    test_replay = replay.active()
+    if test_replay is not None:  # tests/test_post_processing.py only (never params.yaml)
+        if is_private(params):
+            raise ValueError("the test replay of releases needs privacy.randomness: seeded")
+        return replay.ReplaySource(source, *test_replay, stream)
+    return source
 
 
 def record_release(
@@ -107,3 +114,12 @@ def dataset_total(params: Params, paths: Paths) -> spend.Total:
 def finite(value: float) -> float | None:
     """JSON has no infinity: an unbounded epsilon (a non-private release was made) becomes null."""
     return value if value != float("inf") else None
+
+
+def training_fingerprint(params: Params, paths: Paths) -> str:
+    """A keyed fingerprint of the training split (the spend log's secret key): what the stages that
+    read the sensitive data depend on in ``dvc.lock``, instead of the file's bytes. Without the key
+    it is indistinguishable from random, so it reveals nothing but whether the data changed."""
+    train = load_npz(paths.train, every_class=False)
+    folder = spend.spend_dir(paths.root)
+    return replay.held("training_fingerprint", spend.fingerprint(train.x, train.y, folder))
