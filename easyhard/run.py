@@ -20,7 +20,14 @@ from easyhard.config import load_params
 from easyhard.schema import ConfigError
 
 # Exceptions raised inside a notebook that are the user's input, not a bug: exit 2, one line.
-INPUT_ERRORS = {"ConfigError", "DataError", "PrivacyBudgetError", "ValueError", "FileNotFoundError"}
+INPUT_ERRORS = {
+    "ConfigError",
+    "DataError",
+    "PrivacyBudgetError",
+    "ValueError",
+    "FileNotFoundError",
+    "CheckpointError",  # easyhard.checkpoint: a leftover file the user must delete
+}
 
 
 def run_notebook(
