@@ -3,10 +3,13 @@
 A checkpoint holds the model, EMA, optimizer, step, history, every random generator's state, the
 privacy ledger so far and the run's ``privacy.randomness`` mode (``randomness``; None for training
 that draws no DP noise, i.e. pretraining). It is tagged with a *fingerprint* (:func:`digest`) of
-everything that shapes the run; the stages hash their params sections (fine-tuning: the method,
-the whole ``privacy`` section including ``randomness``, the planned mechanisms, ``finetune``,
-``edm``, ``network``, ``compute``, ``device``), the data and the initial weights. A checkpoint
-whose fingerprint differs is ignored (and later overwritten), never resumed.
+everything that shapes the run: fine-tuning hashes the method, seed, ``device``, the whole
+``privacy`` section (``randomness`` included), ``finetune``, ``edm``, ``network``, ``compute``, the
+planned DP-SGD noise multiplier, steps and clip, the warm-up mechanisms and the ledger's
+``private`` flag, the pretrained weights and the training images and labels; pretraining hashes
+the phase, method, seed, ``device``, its config, ``edm``, ``network``, ``compute``, the initial
+weights and its images and labels. A checkpoint whose fingerprint differs is ignored (the run's
+own first save replaces it), never resumed.
 
 One mismatch is refused rather than ignored: a secure run that finds, at the path it would resume
 from, a checkpoint written by a seeded run (its ``randomness`` says ``seeded``, or, in a file

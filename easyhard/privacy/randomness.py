@@ -26,7 +26,8 @@ Bernoulli(p) mask entry is ``u < p``. Gaussians are hardened against the floatin
 Gaussian samplers (Jin et al. 2022) by the construction of opacus' secure mode (Holohan & Braghin
 2021): each N(0, 1) value is the sum of 4 independent standard normals divided by 2. The 4 summands
 of one value come from 4 separate Box-Muller draws, each with its own pair of uniforms (its own
-radius and angle); the other member of each Box-Muller pair goes to a different value.
+radius and angle); the other member of each Box-Muller pair goes to a different value (or,
+for the last pair of an odd count, is dropped).
 
 Everything that is not privacy-relevant (initialisation, the split, augmentation, the K diffusion
 noise draws inside each example's loss, sampling) keeps the public seed.
