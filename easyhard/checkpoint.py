@@ -1,18 +1,30 @@
 """Crash-safe training: periodic checkpoints that a rerun resumes from, bit-identically on CPU.
 
-A checkpoint holds the model, EMA, optimizer, step, history, every random generator's state and
-the privacy ledger so far. It is tagged with a *fingerprint* of everything that determines the run
-(params, data and initial weights); a checkpoint whose fingerprint differs is ignored, never
-resumed.
+A checkpoint holds the model, EMA, optimizer, step, history, every random generator's state, the
+privacy ledger so far and the run's ``privacy.randomness`` mode (``randomness``; None for training
+that draws no DP noise, i.e. pretraining). It is tagged with a *fingerprint* (:func:`digest`) of
+everything that shapes the run: fine-tuning hashes the method, seed, ``device``, the whole
+``privacy`` section (``randomness`` included), ``finetune``, ``edm``, ``network``, ``compute``, the
+planned DP-SGD noise multiplier, steps and clip, the warm-up mechanisms and the ledger's
+``private`` flag, the pretrained weights and the training images and labels; pretraining hashes
+the phase, method, seed, ``device``, its config, ``edm``, ``network``, ``compute``, the initial
+weights and its images and labels. A checkpoint whose fingerprint differs is ignored (the run's
+own first save replaces it), never resumed.
+
+One mismatch is refused rather than ignored: a secure run that finds, at the path it would resume
+from, a checkpoint written by a seeded run (its ``randomness`` says ``seeded``, or, in a file
+without that tag, it holds a seeded stream's state). Its steps used public masks and noise, so
+resuming it would release them under a private ledger; :class:`CheckpointError` (a ``ValueError``:
+one line naming the file) tells the user to delete it.
 
 A checkpoint is *private state*: it holds un-noised training diagnostics and the intermediate model,
-so it lives outside DVC's outputs and git (``checkpoints/``) and is deleted once the stage completes.
-The secret key of a secure noise source is never in it: after a crash, the steps after the last
-checkpoint draw fresh secret masks and noise. Those lost steps were never released (nothing but the
-final outputs leaves the machine), so the ledger counts each released step once. In seeded mode the
-seeded stream's state is restored and the replay is bit-identical. Checkpoints are read with
-``torch.load(weights_only=True)``: a file that holds anything but tensors and plain containers is
-refused, never unpickled.
+so it lives in the private zone (``private/checkpoints/``, outside DVC's outputs and git) and is
+deleted once the stage completes. The secret key of a secure noise source is never in it: after a
+crash, the steps after the last checkpoint draw fresh secret masks and noise. Those lost steps were
+never released (nothing but the final outputs leaves the machine), so the ledger counts each
+released step once. In seeded mode the seeded stream's state is restored and the replay is
+bit-identical. Checkpoints are read with ``torch.load(weights_only=True)``: a file that holds
+anything but tensors and plain containers is refused, never unpickled.
 """
 
 from __future__ import annotations
@@ -50,19 +62,43 @@ def digest(*items: Any) -> str:
     return h.hexdigest()
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that this run must neither resume from nor silently overwrite."""
+
+
+def _seeded(blob: dict[str, Any]) -> bool:
+    """Was ``blob`` written by a seeded run? (Files without the tag: a seeded stream's state.)"""
+    if "randomness" in blob:
+        return blob["randomness"] == "seeded"
+    return blob.get("noise") is not None
+
+
 @dataclass
 class Checkpointer:
-    """Saves a training state every ``every`` steps to ``path``; loads it back if it matches."""
+    """Saves a training state every ``every`` steps to ``path``; loads it back if it matches.
+
+    ``randomness`` is the run's ``privacy.randomness`` (None when it draws no DP noise): stored in
+    every checkpoint, and a ``secure`` run refuses a checkpoint a seeded run wrote.
+    """
 
     path: Path
     every: int
     fingerprint: str
+    randomness: str | None
 
     def load(self) -> dict[str, Any] | None:
-        """The saved state if there is one for this very run, else None."""
+        """The saved state if there is one for this very run, else None.
+
+        Raises :class:`CheckpointError` when this run is secure and the file was written by a
+        seeded run, whatever its fingerprint."""
         if not self.path.is_file():
             return None
         blob = torch.load(self.path, map_location="cpu", weights_only=True)
+        if self.randomness == "secure" and _seeded(blob):
+            raise CheckpointError(
+                f"{self.path} was written by a seeded run (public masks and noise): a secure run "
+                "must not resume from it; delete it and rerun"
+            )
         if blob.get("fingerprint") != self.fingerprint:
             print(f"ignoring checkpoint {self.path}: it belongs to a different run")
             return None
@@ -74,7 +110,9 @@ class Checkpointer:
         return self.every > 0 and step % self.every == 0 and step < total
 
     def save(self, step: int, state: dict[str, Any]) -> None:
-        save_torch(self.path, {"fingerprint": self.fingerprint, "step": step, **state})
+        """Write ``state`` with this run's fingerprint, randomness mode and ``step`` (atomic)."""
+        tags = {"fingerprint": self.fingerprint, "randomness": self.randomness, "step": step}
+        save_torch(self.path, {**state, **tags})
 
     def clear(self) -> None:
         """Remove the checkpoint once the stage's outputs are complete."""

@@ -30,7 +30,14 @@ from easyhard.pipeline.zones import ZoneError
 from easyhard.schema import ConfigError
 
 # Exceptions raised inside a notebook that are the user's input, not a bug: exit 2, one line.
-INPUT_ERRORS = {"ConfigError", "DataError", "PrivacyBudgetError", "ValueError", "FileNotFoundError"}
+INPUT_ERRORS = {
+    "ConfigError",
+    "DataError",
+    "PrivacyBudgetError",
+    "ValueError",
+    "FileNotFoundError",
+    "CheckpointError",  # easyhard.checkpoint: a leftover file the user must delete
+}
 
 #: Metadata keys that hold wall-clock times (papermill's and Jupyter's).
 _TIMING_KEYS = ("start_time", "end_time", "duration")

@@ -145,7 +145,7 @@ def test_crafted_pickle_in_a_checkpoint_or_model_file_is_refused(prepared, tmp_p
     with pytest.raises(pickle.UnpicklingError):
         load_model(evil)
     with pytest.raises(pickle.UnpicklingError):
-        Checkpointer(evil, 1, "x").load()
+        Checkpointer(evil, 1, "x", "secure").load()
     assert not marker.exists()
 
 
@@ -178,10 +178,114 @@ def test_pretrain_resumes_bit_identically(tmp_path):
         return build_denoiser(net, (1, 8, 8), 3, 0.5)
 
     ref_ema, ref_hist = pretrain(fresh(), x, y, cfg, DEFAULTS.edm, seed=1, progress=False)
-    ckpt = Checkpointer(tmp_path / "p.pt", cfg.checkpoint_every, "fp")
+    ckpt = Checkpointer(tmp_path / "p.pt", cfg.checkpoint_every, "fp", None)
     pretrain(fresh(), x, y, cfg, DEFAULTS.edm, seed=1, progress=False, checkpoint=ckpt)
     assert torch.load(ckpt.path, weights_only=True)["step"] == 2  # the state a crash leaves
     ema, hist = pretrain(fresh(), x, y, cfg, DEFAULTS.edm, seed=1, progress=False, checkpoint=ckpt)
     a, b = ref_ema.model.state_dict(), ema.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert hist.rows == ref_hist.rows
+
+
+# ------------------------------------------------------------------ randomness mode of a checkpoint
+def _seeded_checkpoint(path: Path, fingerprint: str, tagged: bool = True) -> None:
+    """What a seeded fine-tuning leaves after a crash (``tagged=False``: a file from before the
+    ``randomness`` tag, recognisable by its seeded stream state)."""
+    from easyhard.checkpoint import Checkpointer
+    from easyhard.privacy.randomness import SeededSource
+
+    state = {"noise": SeededSource(0, "dp_sgd").state(), "ledger": {}}
+    Checkpointer(path, 1, fingerprint, "seeded").save(7, state)
+    if not tagged:
+        blob = torch.load(path, weights_only=True)
+        del blob["randomness"]
+        torch.save(blob, path)
+
+
+@pytest.mark.parametrize("tagged", [True, False])
+@pytest.mark.parametrize("fingerprint", ["fp", "another run"])
+def test_secure_run_refuses_a_seeded_checkpoint_whatever_its_fingerprint(
+    tmp_path, tagged, fingerprint
+):
+    from easyhard.checkpoint import Checkpointer, CheckpointError
+
+    path = tmp_path / "finetune.pt"
+    _seeded_checkpoint(path, fingerprint, tagged)
+    with pytest.raises(CheckpointError) as err:
+        Checkpointer(path, 1, "fp", "secure").load()
+    message = str(err.value)
+    assert isinstance(err.value, ValueError) and "\n" not in message
+    assert str(path) in message and "delete it" in message
+    assert path.exists()  # refused, not deleted behind the user's back
+    # the seeded run it belongs to resumes it; a seeded run of other params ignores it
+    blob = Checkpointer(path, 1, fingerprint, "seeded").load()
+    assert blob is not None and blob["step"] == 7
+    assert Checkpointer(path, 1, "other params", "seeded").load() is None
+
+
+def test_checkpoint_stores_its_randomness_mode(tmp_path):
+    from easyhard.checkpoint import Checkpointer
+
+    for mode in ("secure", "seeded", None):
+        c = Checkpointer(tmp_path / f"{mode}.pt", 1, "fp", mode)
+        c.save(3, {"noise": None, "step": 99, "randomness": "forged"})
+        blob = torch.load(c.path, weights_only=True)
+        assert (blob["randomness"], blob["step"], blob["fingerprint"]) == (mode, 3, "fp")
+        assert c.load()["step"] == 3  # its own run resumes it
+
+
+def _fingerprint(root: Path, over: dict) -> str:
+    """The fingerprint finetune.run gives its checkpoint under ``over`` (training not run)."""
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(*args, checkpoint, **kwargs):
+        seen["fingerprint"], seen["randomness"] = checkpoint.fingerprint, checkpoint.randomness
+        raise Stop
+
+    params, paths = setup(over, root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "dp_finetune", capture)
+        with pytest.raises(Stop):
+            finetune.run(params, paths, "dpdm")
+    assert seen["randomness"] == params.privacy.randomness
+    return seen["fingerprint"]
+
+
+def test_finetune_fingerprint_covers_randomness_and_what_shapes_the_release(prepared):
+    mode, root = prepared
+    other = "seeded" if mode == "secure" else "secure"
+    base = _fingerprint(root, {})
+    assert _fingerprint(root, {}) == base  # deterministic: the same run resumes
+    changes = [
+        {"privacy": {"randomness": other}},
+        {"privacy": {"size_tolerance": 0.07}},
+        {"network": {"dropout": 0.1}},
+        {"compute": {"precision": "fp32"}},
+        {"finetune": {"clip": 0.5}},
+    ]
+    prints = [_fingerprint(root, c) for c in changes]
+    assert base not in prints and len(set(prints)) == len(prints)
+
+
+def test_secure_finetune_refuses_a_seeded_checkpoint_in_one_line(prepared, tmp_path):
+    """The whole runner: a secure fine-tuning that finds a seeded run's checkpoint at its resume
+    path stops with one error line naming the file (exit 2) and writes no model or ledger."""
+    from tests.test_pipeline import NB, _runner
+
+    if prepared[0] != "secure":
+        pytest.skip("the refusal is a secure run's")
+    run = _copy(prepared[1], tmp_path / "run")
+    paths = Paths(run)
+    ckpt = paths.checkpoint("dpdm", "finetune")
+    _seeded_checkpoint(ckpt, "a seeded run's fingerprint")
+    out = "runs/dpdm/finetune/06_finetune.ipynb"
+    r = _runner(run, str(NB / "06_finetune.ipynb"), out, "--method", "dpdm")
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: CheckpointError: ") and str(ckpt) in last, last
+    assert "delete it" in last
+    assert not paths.model("dpdm", "finetune").exists() and not paths.ledger("dpdm").exists()
+    assert not (run / out).exists()

@@ -75,15 +75,22 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
         params.finetune.checkpoint_every,
         digest(
             "finetune",
+            method,
             params.seed,
+            params.device,
+            to_dict(params.privacy),  # randomness included: seeded and secure never share state
             to_dict(params.finetune),
             to_dict(params.edm),
+            to_dict(params.network),
+            to_dict(params.compute),
             {"noise_multiplier": sigma, "steps": steps, "clip": cfg.clip},
             [m.to_dict() for m in ledger.mechanisms],
+            ledger.private,
             den.state_dict(),
             x,
             y,
         ),
+        params.privacy.randomness,
     )
 
     def ledger_at(steps_done: int) -> dict[str, Any]:

@@ -82,7 +82,20 @@ def _phase(
     ckpt = Checkpointer(
         paths.checkpoint(method, tag),
         cfg.checkpoint_every,
-        digest(tag, params.seed, to_dict(cfg), to_dict(params.edm), den.state_dict(), x, y),
+        digest(
+            tag,
+            method,
+            params.seed,
+            params.device,
+            to_dict(cfg),
+            to_dict(params.edm),
+            to_dict(params.network),
+            to_dict(params.compute),
+            den.state_dict(),
+            x,
+            y,
+        ),
+        None,  # pretraining draws no DP noise (its images are already DP)
     )
     ema, hist = pretrain(
         den,

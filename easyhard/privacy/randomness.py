@@ -7,15 +7,27 @@ privacy-relevant draw (Poisson masks and Gaussian noise of every mechanism) come
 :class:`NoiseSource`:
 
 * :class:`SecureSource` (``privacy.randomness: secure``, the default): the ChaCha20 keystream of the
-  ``cryptography`` package, keyed with 32 bytes from the operating system's CSPRNG
-  (``os.urandom``). The key lives in memory only: it is never written to a file, a log, a
-  checkpoint or a notebook (the object refuses to be pickled or copied and its ``repr`` hides it).
-  Uniforms use 53 keystream bits each; Gaussians are hardened against the floating-point attack on
-  Gaussian samplers (Jin et al. 2022) by the construction opacus' secure mode uses (Holohan &
-  Braghin 2021): each N(0, 1) value is the sum of 4 independent Box-Muller draws divided by 2.
+  ``cryptography`` package under a 32-byte master key from the operating system's CSPRNG
+  (``os.urandom``). The keystream is a sequence of *segments* of ``blocks_per_key`` 64-byte blocks
+  (2^30 blocks, 64 GiB, each): segment ``i`` is ChaCha20 under its own 32-byte key and 12-byte
+  nonce, both derived from the master key by HKDF-SHA256 with ``i`` in the info string, and its
+  32-bit block counter starts at 0, so it never reaches the 2^32 blocks at which ``cryptography``
+  raises. Ranks holding the same master key (:meth:`SecureSource.shared_key`) derive the same
+  segments and draw identical streams. The keys live in memory only: never in a file, a log, a
+  checkpoint or a notebook (the object refuses to be pickled or copied and its ``repr`` hides
+  them).
 * :class:`SeededSource` (``privacy.randomness: seeded``): numpy's PCG64 seeded from the public seed
   and a stream name. Bit-identical replays for tests and debugging only: a seeded run is **not** a
   private release (its ledger and metrics say ``"private": false``).
+
+Both build every draw from their uniforms the same way (:class:`_Draws`). A uniform is
+``(k + 1/2) / 2^52`` for 52 random bits ``k``: exactly representable, strictly inside (0, 1). A
+Bernoulli(p) mask entry is ``u < p``. Gaussians are hardened against the floating-point attack on
+Gaussian samplers (Jin et al. 2022) by the construction of opacus' secure mode (Holohan & Braghin
+2021): each N(0, 1) value is the sum of 4 independent standard normals divided by 2. The 4 summands
+of one value come from 4 separate Box-Muller draws, each with its own pair of uniforms (its own
+radius and angle); the other member of each Box-Muller pair goes to a different value (or,
+for the last pair of an odd count, is dropped).
 
 Everything that is not privacy-relevant (initialisation, the split, augmentation, the K diffusion
 noise draws inside each example's loss, sampling) keeps the public seed.
@@ -25,13 +37,16 @@ from __future__ import annotations
 
 import os
 import zlib
+from abc import ABC, abstractmethod
 from typing import Any, Protocol
 
 import numpy as np
 
 from easyhard.config import RANDOMNESS
 
-_TWO_POW_53 = float(2**53)
+_TWO_POW_52 = float(2**52)
+_BLOCK = 64  # bytes of one ChaCha20 block: the 32-bit counter counts these
+_MASTER_BYTES = 32
 
 
 class NoiseSource(Protocol):
@@ -67,30 +82,75 @@ def _size(shape: int | tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     return shape, int(np.prod(shape, dtype=np.int64))
 
 
-def _box_muller(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
-    """Two arrays of uniforms in (0, 1) -> twice as many independent N(0, 1) values."""
+def open_uniform(k: np.ndarray) -> np.ndarray:
+    """52-bit integers ``k`` -> ``(k + 1/2) / 2^52`` (float64, exact): uniforms in (0, 1)."""
+    return (k.astype(np.float64) + 0.5) / _TWO_POW_52
+
+
+def box_muller(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
+    """Pairs of uniforms ``(u1[j], u2[j])`` -> ``r_j cos t_j`` then ``r_j sin t_j`` (all j), with
+    ``r_j = sqrt(-2 ln u1[j])`` and ``t_j = 2 pi u2[j]``: twice as many independent N(0, 1)."""
     r = np.sqrt(-2.0 * np.log(u1))
     theta = 2.0 * np.pi * u2
     return np.concatenate([r * np.cos(theta), r * np.sin(theta)])
 
 
-class SecureSource:
-    """ChaCha20 keystream keyed from ``os.urandom``: unpredictable to anyone without the key.
+class _Draws(ABC):
+    """Normals, masks and the Gaussian mechanism, built from ``uniform`` (one construction)."""
 
-    ``key`` may be given only to share one stream between data-parallel ranks in memory
-    (:meth:`shared_key`); it is never stored.
+    @abstractmethod
+    def uniform(self, n: int) -> np.ndarray:
+        """``n`` independent uniforms in the open interval (0, 1)."""
+
+    def standard_normal(self, n: int) -> np.ndarray:
+        """``n`` N(0, 1) values by Box-Muller (not hardened; see :meth:`normal`): value ``j`` and
+        value ``j + ceil(n/2)`` are the two members of the pair drawn from uniforms ``j`` and
+        ``ceil(n/2) + j``."""
+        half = (int(n) + 1) // 2
+        u = self.uniform(2 * half)
+        return box_muller(u[:half], u[half:])[: int(n)]
+
+    def normal(self, shape: int | tuple[int, ...], std: float = 1.0) -> np.ndarray:
+        """N(0, std^2) values: ``(z_1 + z_2 + z_3 + z_4) / 2`` (Holohan & Braghin 2021), each
+        ``z_k`` from its own :meth:`standard_normal` call, so the 4 summands of one value come
+        from 4 different pairs of uniforms (8 uniforms in all)."""
+        shape, n = _size(shape)
+        z = self.standard_normal(n)
+        for _ in range(3):
+            z += self.standard_normal(n)
+        return (z * (float(std) / 2.0)).reshape(shape)
+
+    def bernoulli(self, n: int, p: float) -> np.ndarray:
+        """``n`` independent Bernoulli(p) draws: ``u < p`` for fresh uniforms ``u``."""
+        return self.uniform(int(n)) < float(p)
+
+    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
+        """``exact + N(0, std^2)`` (float64), the one way mechanisms add noise."""
+        exact = np.asarray(exact, dtype=np.float64)
+        return exact + self.normal(exact.shape, std)
+
+
+class SecureSource(_Draws):
+    """ChaCha20 keystream under a master key from ``os.urandom``: unpredictable without the key.
+
+    ``key`` (32 bytes) may be given only to share one stream between data-parallel ranks in memory
+    (:meth:`shared_key`); it is never stored. The keystream is rekeyed every ``blocks_per_key``
+    64-byte blocks (a class attribute, kept far below ChaCha20's 2^32-block counter; tests lower
+    it to cross many rekeys); segment ``i``'s key and nonce are HKDF-SHA256 of the master key with
+    ``i`` in the info string, so equal master keys give equal streams across rekeys.
     """
 
     private = True
+    #: 64-byte blocks drawn under one derived key (2^30 blocks = 64 GiB; must stay below 2^32).
+    blocks_per_key: int = 2**30
 
     def __init__(self, key: bytes | None = None) -> None:
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-
-        key = os.urandom(48) if key is None else bytes(key)
-        if len(key) != 48:
-            raise ValueError("SecureSource: the key material must be 48 bytes (key + nonce)")
-        cipher = Cipher(algorithms.ChaCha20(key[:32], key[32:]), mode=None)
-        self._stream = cipher.encryptor()
+        master = os.urandom(_MASTER_BYTES) if key is None else bytes(key)
+        if len(master) != _MASTER_BYTES:
+            raise ValueError(f"SecureSource: the key must be {_MASTER_BYTES} bytes")
+        self._master = master
+        self._segment = -1
+        self._rekey()
 
     def __repr__(self) -> str:
         return "SecureSource(<secret key>)"
@@ -103,34 +163,47 @@ class SecureSource:
 
     @staticmethod
     def shared_key() -> bytes:
-        """Fresh key material (48 bytes) to hand to every rank's ``SecureSource(key)`` in memory."""
-        return os.urandom(48)
+        """A fresh 32-byte master key to hand to every rank's ``SecureSource(key)`` in memory."""
+        return os.urandom(_MASTER_BYTES)
 
-    def _uint64(self, n: int) -> np.ndarray:
-        return np.frombuffer(self._stream.update(bytes(8 * n)), dtype=np.uint64)
+    def _segment_key(self, i: int) -> tuple[bytes, bytes]:
+        """Segment ``i``'s ChaCha20 key (32 bytes) and 16-byte nonce: 4 zero bytes (the block
+        counter, little-endian, starting at 0) + 12 derived nonce bytes."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+        info = b"easyhard.SecureSource segment " + i.to_bytes(8, "little")
+        okm = HKDF(hashes.SHA256(), length=44, salt=None, info=info).derive(self._master)
+        return okm[:32], bytes(4) + okm[32:]
+
+    def _rekey(self) -> None:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+        if not 0 < self.blocks_per_key < 2**32:
+            raise ValueError("SecureSource.blocks_per_key must be in [1, 2^32)")
+        self._segment += 1
+        key, nonce = self._segment_key(self._segment)
+        self._stream = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
+        self._used = 0  # bytes drawn under this segment's key
+
+    def _keystream(self, nbytes: int) -> bytes:
+        """The next ``nbytes`` bytes of the stream, rekeying at every segment boundary."""
+        parts = []
+        while nbytes > 0:
+            room = self.blocks_per_key * _BLOCK - self._used
+            if room <= 0:
+                self._rekey()
+                continue
+            take = min(room, nbytes)
+            parts.append(self._stream.update(bytes(take)))
+            self._used += take
+            nbytes -= take
+        return b"".join(parts)
 
     def uniform(self, n: int) -> np.ndarray:
-        """``n`` uniforms in the open interval (0, 1): (k + 1/2) / 2^53, k from 53 keystream bits."""
-        k = self._uint64(n) >> np.uint64(11)
-        return (k.astype(np.float64) + 0.5) / _TWO_POW_53
-
-    def standard_normal(self, n: int) -> np.ndarray:
-        """``n`` N(0, 1) values by Box-Muller (not hardened; see :meth:`normal`)."""
-        half = (n + 1) // 2
-        u = self.uniform(2 * half)
-        return _box_muller(u[:half], u[half:])[:n]
-
-    def normal(self, shape: int | tuple[int, ...], std: float = 1.0) -> np.ndarray:
-        shape, n = _size(shape)
-        z = self.standard_normal(4 * n).reshape(4, n).sum(0) / 2.0  # Holohan & Braghin 2021
-        return (z * float(std)).reshape(shape)
-
-    def bernoulli(self, n: int, p: float) -> np.ndarray:
-        return self.uniform(int(n)) < float(p)
-
-    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
-        exact = np.asarray(exact, dtype=np.float64)
-        return exact + self.normal(exact.shape, std)
+        """``n`` uniforms in the open interval (0, 1) from the top 52 bits of 8 keystream bytes."""
+        k = np.frombuffer(self._keystream(8 * int(n)), dtype=np.uint64) >> np.uint64(12)
+        return open_uniform(k)
 
     def state(self) -> None:
         return None  # the key is never saved: a resumed run draws fresh secret noise
@@ -139,10 +212,11 @@ class SecureSource:
         return None
 
 
-class SeededSource:
+class SeededSource(_Draws):
     """numpy PCG64 seeded from the public ``seed`` and a ``stream`` name: replayable by anyone.
 
-    For tests and bit-identical replays; never a private release.
+    For tests and bit-identical replays; never a private release. Same construction of normals
+    and masks as :class:`SecureSource`, from PCG64's 52-bit integers.
     """
 
     private = False
@@ -156,19 +230,8 @@ class SeededSource:
         return f"SeededSource(stream={self.stream!r}, NOT PRIVATE)"
 
     def uniform(self, n: int) -> np.ndarray:
-        return self._rng.random(int(n))
-
-    def normal(self, shape: int | tuple[int, ...], std: float = 1.0) -> np.ndarray:
-        shape, n = _size(shape)
-        z = self._rng.standard_normal((4, n)).sum(0) / 2.0  # same construction as SecureSource
-        return (z * float(std)).reshape(shape)
-
-    def bernoulli(self, n: int, p: float) -> np.ndarray:
-        return self._rng.random(int(n)) < float(p)
-
-    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
-        exact = np.asarray(exact, dtype=np.float64)
-        return exact + self.normal(exact.shape, std)
+        """``n`` uniforms in the open interval (0, 1), as :meth:`SecureSource.uniform`."""
+        return open_uniform(self._rng.integers(0, 2**52, size=int(n), dtype=np.uint64))
 
     def state(self) -> dict[str, Any]:
         return self._rng.bit_generator.state
