@@ -127,13 +127,13 @@ def load_folder(root: str | Path, image_size: int | None = None) -> ImageSet:
         raise DataError(f"{root}: no class sub-folders (expected one folder of images per class)")
     images, labels, names = [], [], []
     for label, d in enumerate(class_dirs):
-        files = image_files(d)
-        if not files:
-            raise DataError(f"{d}: class folder has no images")
+        files = image_files(d)  # an empty class folder is a class with no images, not an error
         for f in files:
             images.append(decode_image(f, str(f), image_size))
             labels.append(label)
             names.append(str(f))
+    if not images:
+        raise DataError(f"{root}: no images in any class folder")
     x = stack_images(images, names)
     return ImageSet(x, np.asarray(labels, dtype=np.int64), tuple(d.name for d in class_dirs))
 

@@ -8,23 +8,76 @@ import pytest
 from PIL import Image
 
 from easyhard.config import defaults
-from easyhard.data import DataError, ImageSet, load_npz, save_npz, split, validate
+from easyhard.data import DataError, ImageSet, load_npz, sanitize, save_npz, split, validate
 from easyhard.datasets import load_dataset, load_folder, load_torchvision
 
 DEFAULTS = defaults()  # params.yaml: the only place defaults live
 
 
-def test_mnist_offline_split_is_deterministic_and_stratified():
+def test_mnist_offline_split_is_deterministic_and_keyed_per_record():
     ds = load_dataset(DEFAULTS.data)
     assert ds.x.shape == (5000, 1, 28, 28) and ds.n_classes == 10
     a_tr, a_te = split(ds, 0.2, seed=0)
     b_tr, b_te = split(ds, 0.2, seed=0)
     assert np.array_equal(a_tr.x, b_tr.x) and np.array_equal(a_te.y, b_te.y)
-    assert len(a_tr) == 4000 and len(a_te) == 1000
-    assert np.bincount(a_te.y).tolist() == [100] * 10
+    assert len(a_tr) + len(a_te) == 5000
+    assert abs(len(a_te) - 1000) < 4 * np.sqrt(5000 * 0.2 * 0.8)  # Bin(5000, 0.2)
+    assert abs(len(a_tr) - DEFAULTS.privacy.dataset_size) <= 0.05 * 4000  # the declared N
     # train and test are disjoint: no test image appears in train
     tr = {a.tobytes() for a in a_tr.x}
     assert sum(a.tobytes() in tr for a in a_te.x) <= 2  # MNIST has a few exact duplicates at most
+    c_tr, _ = split(ds, 0.2, seed=1)  # another public seed, another split
+    assert not np.array_equal(a_tr.y, c_tr.y)
+
+
+def _rows(ds: ImageSet) -> list[bytes]:
+    return [x.tobytes() + bytes([int(y)]) for x, y in zip(ds.x, ds.y, strict=True)]
+
+
+@pytest.mark.parametrize("where", [0, 777, 5000])
+def test_neighbouring_sources_give_splits_that_differ_only_in_that_record(where):
+    """Adding one record anywhere in the source moves no other record between the splits."""
+    ds = load_dataset(replace(DEFAULTS.data, name="digits"))
+    star = np.full((1, *ds.shape), 0.5, np.float32)
+    at = min(where, len(ds))
+    plus = ImageSet(
+        np.concatenate([ds.x[:at], star, ds.x[at:]]),
+        np.concatenate([ds.y[:at], [4], ds.y[at:]]),
+        ds.classes,
+    )
+    for test_fraction in (0.2, 0.5):
+        tr, te = split(ds, test_fraction, seed=0)
+        tr2, te2 = split(plus, test_fraction, seed=0)
+        star_row = star.tobytes() + bytes([4])
+        for small, big in ((tr, tr2), (te, te2)):
+            extra = list(_rows(big))
+            if len(big) == len(small) + 1:
+                assert star_row in extra
+                extra.remove(star_row)
+            assert extra == _rows(small)  # the same records, in the same order
+        assert len(tr2) + len(te2) == len(plus)
+
+
+def test_split_never_stops_for_the_data():
+    """Tiny classes, an empty class, one record: the split assigns records, it never refuses."""
+    x = np.random.default_rng(0).random((3, 1, 4, 4)).astype(np.float32)
+    ds = ImageSet(x, np.array([0, 0, 2]), ("a", "b", "c"))  # class b has no record
+    tr, te = split(ds, 0.2, seed=0)
+    assert len(tr) + len(te) == 3
+    one = ImageSet(x[:1], np.array([1]), ("a", "b"))
+    assert sum(map(len, split(one, 0.9, seed=3))) == 1
+
+
+def test_sanitize_repairs_records_one_by_one():
+    x = np.zeros((4, 1, 2, 2), np.float32)
+    x[1, 0, 0, 0], x[2, 0, 0, 0] = np.nan, 7.0
+    ds = ImageSet(x, np.array([0, 1, 9, 1]), ("0", "1"))
+    out, done = sanitize(ds)
+    assert done == {"records_with_pixels_repaired": 2, "records_dropped_for_labels": 1}
+    assert len(out) == 3 and out.x.min() >= 0 and out.x.max() <= 1
+    assert out.x[1, 0, 0, 0] == 0.0  # NaN -> 0; record 2 (label 9) dropped
+    with pytest.raises(DataError, match="NCHW"):
+        sanitize(ImageSet(np.zeros((2, 4, 4), np.float32), np.array([0, 1]), ("0", "1")))
 
 
 def test_npz_roundtrip(tmp_path):
@@ -83,7 +136,7 @@ def test_folder_loader(tmp_path):
     [
         ("missing", "data folder not found"),
         ("no_classes", "no class sub-folders"),
-        ("empty_class", "class folder has no images"),
+        ("empty", "no images in any class folder"),
         ("mixed_size", "differs from the first image"),
         ("corrupt", "unreadable image"),
     ],
@@ -92,11 +145,11 @@ def test_folder_errors(tmp_path, setup, message):
     root = tmp_path / "imgs"
     if setup != "missing":
         root.mkdir()
-    if setup in ("empty_class", "mixed_size", "corrupt"):
+    if setup == "empty":
+        (root / "b").mkdir()
+    if setup in ("mixed_size", "corrupt"):
         (root / "a").mkdir()
         Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "a" / "0.png")
-    if setup == "empty_class":
-        (root / "b").mkdir()
     if setup == "mixed_size":
         Image.fromarray(np.zeros((9, 8), np.uint8)).save(root / "a" / "1.png")
     if setup == "corrupt":

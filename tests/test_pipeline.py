@@ -33,11 +33,13 @@ TINY = {
 METHODS = TINY["methods"]
 DP_METHODS = ("dpfeta", "dpdm", "fetapro")
 
+PRIVATE = {"01_prepare", "03_central_images", "04_frequency", "06_finetune", "09_audit"}
+
 STAGES = [
-    ("01_prepare", None, "data/prepared/01_prepare.ipynb"),
+    ("01_prepare", None, "private/prepared/01_prepare.ipynb"),
     ("02_fid_reference", None, "data/fid_reference/02_fid_reference.ipynb"),
     *[
-        (nb, m, f"runs/{m}/{stage}/{nb}.ipynb")
+        (nb, m, ("private/" if nb in PRIVATE else "") + f"runs/{m}/{stage}/{nb}.ipynb")
         for m in METHODS
         for nb, stage in [
             ("03_central_images", "central"),
@@ -194,12 +196,12 @@ def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:
 )
 def test_runner_rejects_bad_params_before_running(tmp_path, override, message):
     write_params(tmp_path, merge(TINY, override))
-    out = tmp_path / "data/prepared/01_prepare.ipynb"
+    out = tmp_path / "private/prepared/01_prepare.ipynb"
     r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(out))
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
     assert message in r.stderr
-    assert not out.exists() and not (tmp_path / "data/prepared/train.npz").exists()
+    assert not out.exists() and not (tmp_path / "private/prepared/train.npz").exists()
 
 
 @pytest.mark.parametrize(
@@ -209,20 +211,39 @@ def test_runner_rejects_bad_params_before_running(tmp_path, override, message):
     ],
 )
 def test_runner_reports_data_errors_in_one_line(tmp_path, override, message):
+    """A stage that reads the sensitive data fails with one public line naming its private log;
+    the message (which may quote the data) is in that log only."""
     write_params(tmp_path, merge(TINY, override))
-    out = tmp_path / "data/prepared/01_prepare.ipynb"
+    out = tmp_path / "private/prepared/01_prepare.ipynb"
     r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(out))
     assert r.returncode == 2, r.stderr[-2000:]
-    assert message in r.stderr.strip().splitlines()[-1]
-    assert not out.exists() and not (tmp_path / "data/prepared/train.npz").exists()
+    log = "private/logs/prepared/01_prepare.log"
+    assert r.stderr.strip().splitlines() == [
+        f"error: 01_prepare failed in the private zone; see {log}"
+    ]
+    assert r.stdout == ""
+    assert message in (tmp_path / log).read_text()
+    assert not out.exists() and not (tmp_path / "private/prepared/train.npz").exists()
 
 
-def test_empty_image_folder_is_refused(tmp_path):
-    (tmp_path / "imgs" / "a").mkdir(parents=True)
-    write_params(tmp_path, merge(TINY, {"data": {"name": "folder", "root": "imgs"}}))
-    r = _runner(tmp_path, str(NB / "01_prepare.ipynb"), str(tmp_path / "x.ipynb"))
+def test_a_private_stage_cannot_write_its_notebook_into_the_public_zone(tmp_path):
+    write_params(tmp_path, TINY)
+    r = _runner(tmp_path, str(NB / "06_finetune.ipynb"), "runs/dpdm/finetune/06_finetune.ipynb")
     assert r.returncode == 2
-    assert "class folder has no images" in r.stderr.strip().splitlines()[-1]
+    assert "reads the sensitive data: its executed notebook must be written under" in r.stderr
+
+
+def test_an_empty_class_folder_is_a_class_without_images(tmp_path):
+    """No halt for the data (one record more or less must not decide whether a run stops)."""
+    from easyhard.pipeline import prepare
+    from easyhard.pipeline.notebook import setup
+
+    _make_folder(tmp_path / "imgs", "empty_class")
+    write_params(tmp_path, merge(TINY, {"data": {"name": "folder", "root": "imgs"}}))
+    params, paths = setup({}, tmp_path)
+    out = prepare.run(params, paths)
+    assert out["train"].classes == ("a", "b", "c")
+    assert out["size_warning"].startswith("warning: the sensitive training set has")
 
 
 def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
@@ -291,7 +312,6 @@ def _make_folder(root: Path, case: str) -> None:
         ("truncated", "3.png: unreadable image"),
         ("mixed_channels", "5.png: shape (3, 8, 8)"),
         ("mixed_sizes", "6.png: shape (1, 9, 8)"),
-        ("empty_class", "c: class folder has no images"),
         ("too_small", "too small for finetune.sample_rate"),
     ],
 )
@@ -318,7 +338,7 @@ def test_bad_data_is_refused_before_any_privacy_is_spent(tmp_path, case, message
     # DPDM's warm-up stages may have written their (empty) ledgers; nothing was spent
     assert all(not Ledger.load(f).mechanisms for f in tmp_path.rglob("ledger.json"))
     assert not paths.ledger("dpdm").exists()
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "private" / "checkpoints").exists()
 
 
 def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
@@ -336,6 +356,7 @@ def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
     for n in (1, 2):
         root = tmp_path / f"p{n}"
         shutil.copytree(tiny_run / "data" / "prepared", root / "data" / "prepared")
+        shutil.copytree(tiny_run / "private" / "prepared", root / "private" / "prepared")
         for part in ("central", "frequency", "pretrain"):
             shutil.copytree(tiny_run / "runs/dpfeta" / part, root / "runs/dpfeta" / part)
         # seeded: both runs must draw the same masks and noise to be compared

@@ -107,3 +107,44 @@ def test_allowed_values_are_defined_once():
         ]
         assert others == [], f"{name} is defined again in {others}"
     assert module_file("easyhard.config.choices") == PKG / "config" / "choices.py"
+
+
+def test_the_training_split_has_one_reader_and_one_writer():
+    """The sensitive training split is read only through ``zones.load_training`` (which refuses in
+    a public-zone stage) and written only by the prepare stage; no other code names its path."""
+    allowed = {"easyhard/pipeline/zones.py", "easyhard/pipeline/prepare.py"}
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        rel = str(path.relative_to(ROOT))
+        if rel in allowed or rel == "easyhard/pipeline/paths.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "train":
+                if isinstance(node.value, ast.Name) and node.value.id == "paths":
+                    offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == []
+
+
+def test_stages_that_read_the_training_split_are_private_zone_notebooks():
+    """Every stage module that calls ``load_training`` runs as a private-zone notebook, and its
+    dvc.yaml command writes the executed notebook under private/."""
+    from easyhard.pipeline.zones import PRIVATE_NOTEBOOKS
+
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    readers = {
+        p.stem
+        for p in (PKG / "pipeline").glob("*.py")
+        if "load_training(" in p.read_text() and p.stem != "zones"
+    }
+    for stage_module in readers:
+        name = {"central_images": "central"}.get(stage_module, stage_module)
+        body = dvc[name].get("do", dvc[name])
+        notebook = next(w for w in body["cmd"].split() if w.startswith("notebooks/"))
+        assert Path(notebook).stem in PRIVATE_NOTEBOOKS, stage_module
+        out = body["cmd"].split()[body["cmd"].split().index(notebook) + 1]
+        assert out.startswith("private/"), (stage_module, out)
+    for name, stage in dvc.items():
+        body = stage.get("do", stage)
+        for entry in [*body.get("deps", []), *body.get("outs", []), *body.get("metrics", [])]:
+            path = entry if isinstance(entry, str) else next(iter(entry))
+            assert not path.startswith("private/"), (name, path)

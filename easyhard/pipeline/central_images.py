@@ -12,7 +12,6 @@ from easyhard.config import Params
 from easyhard.io import save_figure, savez
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.zones import load_training
 from easyhard.pipeline.release import (
     NOT_PRIVATE,
     new_ledger,
@@ -20,6 +19,7 @@ from easyhard.pipeline.release import (
     plan,
     record_release,
 )
+from easyhard.pipeline.zones import load_training
 from easyhard.plots import grid_figure
 
 

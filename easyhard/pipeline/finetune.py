@@ -21,7 +21,6 @@ from easyhard.io import save_figure, write_json
 from easyhard.modelfile import load_model, save_model
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.zones import load_training
 from easyhard.pipeline.release import (
     NOT_PRIVATE,
     is_private,
@@ -29,6 +28,7 @@ from easyhard.pipeline.release import (
     record_release,
 )
 from easyhard.pipeline.runtime import compute_settings, device
+from easyhard.pipeline.zones import load_training
 from easyhard.plots import loss_figure
 from easyhard.privacy import Ledger, Mechanism, steps_for_epochs
 from easyhard.privacy.plan import plan_release

@@ -17,9 +17,9 @@ from easyhard.frequency import frequency_params, release_frequency_embedding
 from easyhard.io import save_figure, savez
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.zones import load_training
 from easyhard.pipeline.release import noise_for, plan, record_release
 from easyhard.pipeline.runtime import device
+from easyhard.pipeline.zones import load_training
 from easyhard.plots import grid_figure, loss_figure
 from easyhard.privacy import Ledger
 

@@ -11,6 +11,7 @@ from easyhard.config import Params
 from easyhard.data import load_npz
 from easyhard.pipeline.methods import Method
 from easyhard.pipeline.paths import Paths
+from easyhard.pipeline.zones import load_training
 from easyhard.privacy import Ledger, Mechanism, replay, spend
 from easyhard.privacy.plan import Plan, plan_release
 from easyhard.privacy.randomness import NoiseSource, SecureSource, noise_source
@@ -120,6 +121,6 @@ def training_fingerprint(params: Params, paths: Paths) -> str:
     """A keyed fingerprint of the training split (the spend log's secret key): what the stages that
     read the sensitive data depend on in ``dvc.lock``, instead of the file's bytes. Without the key
     it is indistinguishable from random, so it reveals nothing but whether the data changed."""
-    train = load_npz(paths.train, every_class=False)
+    train = load_training(paths)
     folder = spend.spend_dir(paths.root)
     return replay.held("training_fingerprint", spend.fingerprint(train.x, train.y, folder))

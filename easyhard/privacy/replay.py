@@ -7,7 +7,8 @@ draws from a seeded source and saves each call's result; run 2 (``replay``) retu
 values instead, so its releases equal run 1's while everything computed from the data (private
 diagnostics, exact statistics) is free to differ:
 
-* ``gaussian(exact, std)`` (a mechanism's output) returns run 1's output, whatever ``exact`` is;
+* ``gaussian(exact, std)`` (a mechanism's output) returns run 1's output, whatever ``exact`` is
+  (with ``std = 0``, no mechanism at all, it returns ``exact``);
 * ``bernoulli(n, p)`` (a Poisson mask) returns run 1's mask for the records both datasets share,
   with x*'s bit inserted at its position in the training split: included in the first draw of each
   source, excluded afterwards (so x* is sampled at least once);
@@ -84,6 +85,8 @@ class ReplaySource:
         return self._hold("normal", lambda: self.inner.normal(shape, std))
 
     def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
+        if not std:  # no noise (the non-private ceiling): the output is the data, nothing to hold
+            return np.asarray(exact, dtype=np.float64)
         return self._hold("gaussian", lambda: self.inner.gaussian(exact, std))
 
     def bernoulli(self, n: int, p: float) -> np.ndarray:
