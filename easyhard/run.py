@@ -141,8 +141,7 @@ def _execute(
     import nbformat
     import papermill as pm
 
-    from easyhard.pipeline.zones import ZONE_ENV
-    from easyhard.privacy.replay import RUN_ENV
+    from easyhard.pipeline.zones import RUN_ENV, ZONE_ENV
     from easyhard.progress import TEXT_ENV
 
     os.environ[TEXT_ENV] = "1"  # the kernel inherits it: text progress bars, for the logs

@@ -8,7 +8,8 @@ which run on import). :func:`closure` computes that set statically from the sour
 
     python -m easyhard.pipeline.deps [STAGE ...]
 
-prints the ``deps`` list each stage should have.
+prints the ``deps`` list each stage should have (``--write`` puts it into ``dvc.yaml``, keeping
+each stage's data dependencies).
 """
 
 from __future__ import annotations
@@ -115,10 +116,43 @@ def stage_notebooks(dvc_yaml: Path = ROOT / "dvc.yaml") -> dict[str, Path]:
     return out
 
 
+def write_deps(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
+    """Rewrite each stage's code dependencies (``easyhard/...``, ``notebooks/...`` lines of its
+    ``deps``) in ``dvc.yaml`` to its current import closure; other lines are kept as they are."""
+    notebooks = stage_notebooks(dvc_yaml)
+    lines = dvc_yaml.read_text().splitlines(keepends=True)
+    out: list[str] = []
+    stage: str | None = None
+    in_deps = False
+    for line in lines:
+        stripped = line.strip()
+        if line.startswith("  ") and not line.startswith("   ") and stripped.endswith(":"):
+            stage = stripped[:-1]
+        if stripped == "deps:":
+            in_deps, indent, written = True, line[: len(line) - len(line.lstrip())] + "  ", False
+            out.append(line)
+            continue
+        if in_deps and stripped.startswith("- "):
+            if stripped.startswith(("- easyhard/", "- notebooks/")):
+                if not written and stage in notebooks:
+                    out.extend(f"{indent}- {d}\n" for d in notebook_deps(notebooks[stage]))
+                    written = True
+                continue
+            out.append(line)
+            continue
+        in_deps = False
+        out.append(line)
+    dvc_yaml.write_text("".join(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easyhard.pipeline.deps", description=__doc__)
     ap.add_argument("stages", nargs="*", help="stages of dvc.yaml (default: all)")
+    ap.add_argument("--write", action="store_true", help="update dvc.yaml in place")
     args = ap.parse_args(argv)
+    if args.write:
+        write_deps()
+        return 0
     notebooks = stage_notebooks()
     for name in args.stages or notebooks:
         if name not in notebooks:

@@ -28,6 +28,9 @@ PRIVATE_NOTEBOOKS = frozenset(
 #: Set by the runner in the notebook's kernel: ``private`` or ``public``.
 ZONE_ENV = "EASYHARD_ZONE"
 
+#: Set by the runner in the notebook's kernel: which stage run this is (``<notebook>-<method>``).
+RUN_ENV = "EASYHARD_RUN_ID"
+
 
 class ZoneError(RuntimeError):
     """A stage crossed the trust boundary (read private data from the public zone, or would

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from easyhard.pipeline.zones import RUN_ENV
+
 REPLAY_ENV = "EASYHARD_TEST_REPLAY"
 INSERT_ENV = "EASYHARD_TEST_REPLAY_INSERT"
-RUN_ENV = "EASYHARD_RUN_ID"
 
 
 def active() -> tuple[str, Path] | None:
