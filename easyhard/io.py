@@ -57,11 +57,13 @@ def savez(path: str | Path, **arrays: np.ndarray) -> None:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """``torch.save``, atomically."""
+    """``torch.save``, atomically. Saved through a file object, so the archive's internal folder
+    name is fixed (given a path, torch names it after the temporary file): equal objects give
+    equal bytes."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 120) -> Path:

@@ -50,13 +50,15 @@ def _final_text(text: str) -> str:
 
 
 def tidy_notebook(nb: Any, name: str) -> Any:
-    """Drop wall-clock times and temporary paths from an executed notebook; merge each cell's
-    consecutive stream outputs into one, as a terminal shows them (a progress bar: its last line)."""
+    """Drop wall-clock times, temporary paths and random cell ids from an executed notebook; merge
+    each cell's consecutive stream outputs into one, as a terminal shows them (a progress bar: its
+    last line)."""
     pm = nb.metadata.get("papermill", {})
     for k in _TIMING_KEYS:
         pm.pop(k, None)
     pm["output_path"] = name
-    for cell in nb.cells:
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i}"  # papermill gives its injected cell a random id
         meta = cell.get("metadata", {})
         meta.pop("execution", None)
         for k in _TIMING_KEYS:

@@ -209,6 +209,8 @@ def runs(tmp_path_factory):
     b = _repo(tmp / "b", source_plus)
     log_a = _repro(a, _env(tmp, "a", "record", None))
     log_b = _repro(b, _env(tmp, "b", "replay", insert))
+    (tmp / "log_a.txt").write_text(log_a)  # for a look when the test fails
+    (tmp / "log_b.txt").write_text(log_b)
     return {"tmp": tmp, "a": a, "b": b, "log_a": log_a, "log_b": log_b, "insert": insert}
 
 
