@@ -180,10 +180,18 @@ _TIMES = [
 ]
 
 
+#: The Jupyter kernel's own lifecycle messages, printed or not depending on shutdown timing.
+_KERNEL_LIFECYCLE = (
+    "[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.",
+    "[IPKernelApp] WARNING | Kernel is running over TCP without encryption.",
+)
+
+
 def _mask(text: str, *roots: Path) -> str:
     for r in roots:
         text = text.replace(str(r), "<repo>")
-    text = "\n".join(line.rsplit("\r", 1)[-1] for line in text.split("\n"))
+    lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+    text = "\n".join(line for line in lines if not line.startswith(_KERNEL_LIFECYCLE))
     for pattern, repl in _TIMES:
         text = pattern.sub(repl, text)
     return text
