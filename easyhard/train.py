@@ -175,6 +175,19 @@ def _resume(
     return int(blob["step"])
 
 
+def _per_example_only(model: nn.Module) -> None:
+    """Refuse layers that make one example's loss depend on the others or on a shared stream:
+    BatchNorm (batch statistics) and active dropout (torch's global generator, in batch order)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"DP fine-tuning: {name} is a BatchNorm layer (mixes examples)")
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ValueError(
+                f"DP fine-tuning: {name} has dropout {m.p}, drawn from torch's global generator in"
+                " batch order (each record's randomness must be its own); set network.dropout: 0"
+            )
+
+
 def dp_finetune(
     denoiser: Denoiser,
     x: Tensor,
@@ -241,6 +254,8 @@ def dp_finetune(
     gens: tuple[torch.Generator, ...] = ()
     start = _resume(checkpoint, denoiser, ema, opt, hist, gens, noise)
     denoiser.train()
+    if not dp.plain:
+        _per_example_only(denoiser)
     batches = poisson_batches(len(x), cfg.sample_rate, steps - start, noise)
     bar = progress_bar(
         batches,

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 import easyhard.train as train_module
@@ -165,3 +166,27 @@ def test_the_check_catches_position_keyed_draws(monkeypatch):
     monkeypatch.setattr(train_module, "record_ids", lambda x, y, seed: list(range(len(x))))
     found = violations(neighbour_differences(), DEFAULTS.finetune.clip)
     assert any("not sampled" in v for v in found), found
+
+
+@pytest.mark.parametrize("layer", ["dropout", "batchnorm"])
+def test_layers_that_mix_examples_or_draw_from_a_shared_stream_are_refused(layer):
+    torch.manual_seed(0)
+    net = replace(DEFAULTS.network, dropout=0.1) if layer == "dropout" else DEFAULTS.network
+    den = build_denoiser(net, (1, 28, 28), 10, DEFAULTS.edm.sigma_data)
+    if layer == "batchnorm":
+        den.unet.conv_in = torch.nn.Sequential(den.unet.conv_in, torch.nn.BatchNorm2d(16))
+    x, y, _, _ = _data()
+    with pytest.raises(ValueError, match="dropout" if layer == "dropout" else "BatchNorm"):
+        dp_finetune(
+            den,
+            x,
+            y,
+            cfg=replace(DEFAULTS.finetune, sample_rate=Q),
+            edm=DEFAULTS.edm,
+            noise_multiplier=1.0,
+            steps=1,
+            expected_batch=Q * N,
+            noise=ReplaySource([]),
+            seed=DEFAULTS.seed,
+            progress=False,
+        )
