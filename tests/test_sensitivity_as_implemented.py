@@ -86,7 +86,8 @@ def _masks() -> tuple[list[np.ndarray], list[np.ndarray]]:
     return d, [np.insert(m, AT, t in SAMPLED) for t, m in enumerate(d)]
 
 
-def _finetune(x: torch.Tensor, y: torch.Tensor, source: ReplaySource) -> None:
+def _finetune(x: torch.Tensor, y: torch.Tensor, source: ReplaySource) -> dict[str, torch.Tensor]:
+    """STEPS steps of the real loop from the same initial model; returns the final parameters."""
     torch.manual_seed(0)  # the same initial model for both datasets
     den = build_denoiser(DEFAULTS.network, (1, 28, 28), 10, DEFAULTS.edm.sigma_data)
     dp_finetune(
@@ -102,6 +103,7 @@ def _finetune(x: torch.Tensor, y: torch.Tensor, source: ReplaySource) -> None:
         seed=DEFAULTS.seed,
         progress=False,
     )
+    return den.state_dict()
 
 
 def _per_step(exact: list[np.ndarray]) -> list[np.ndarray]:
@@ -118,9 +120,10 @@ def neighbour_differences() -> list[np.ndarray]:
     x, y, x2, y2 = _data()
     masks, masks2 = _masks()
     on_d = ReplaySource(masks)
-    _finetune(x, y, on_d)
+    final = _finetune(x, y, on_d)
     on_d2 = ReplaySource(masks2, released=on_d.exact)  # D's updates: the same parameters
-    _finetune(x2, y2, on_d2)
+    final2 = _finetune(x2, y2, on_d2)
+    assert all(torch.equal(final[k], final2[k]) for k in final)  # the coupling held to the end
     return [b - a for a, b in zip(_per_step(on_d.exact), _per_step(on_d2.exact), strict=True)]
 
 
@@ -157,8 +160,12 @@ class SharedStream:
 
 def test_the_check_catches_a_shared_diffusion_stream(monkeypatch):
     monkeypatch.setattr(train_module, "draw_noise_per_record", SharedStream())
-    found = violations(neighbour_differences(), DEFAULTS.finetune.clip)
+    delta = neighbour_differences()
+    found = violations(delta, DEFAULTS.finetune.clip)
     assert any("not sampled" in v for v in found), found
+    # as in the finding: a step without x* moves by more than one clipped gradient
+    absent = [float(np.linalg.norm(d)) for t, d in enumerate(delta) if t not in SAMPLED]
+    assert max(absent) > DEFAULTS.finetune.clip
 
 
 def test_the_check_catches_position_keyed_draws(monkeypatch):
