@@ -22,6 +22,44 @@ Both differentiate a *loss module*: an ``nn.Module`` whose ``forward(*batch)`` r
 example (shape ``[B]``). Poisson masks and the Gaussian noise come from a
 :class:`~easyhard.privacy.randomness.NoiseSource` (secret by default, never the public seed), and
 ``q * N`` uses the declared dataset size N (``privacy.dataset_size``).
+
+Sensitivity (add/remove neighbours; what is proved and what is assumed). Let ``D`` be a multiset of
+records and ``D' = D + {x*}``. Fix a step ``t``, the parameters ``theta`` the step starts from and
+the Poisson bits ``b_r`` of the shared records (the same in both worlds; ``x*`` has its own bit
+``b*``). The pre-noise sum of the step is ``S(D) = sum_{r in D} b_r * g(theta, r, t)`` with the
+per-record term
+
+    g(theta, r, t) = clip_C( grad_theta  (1/K) sum_k  l(theta; r, xi_k(seed, t, r)) ),
+
+where ``xi(seed, t, r)`` are record ``r``'s K diffusion draws (sigma, noise, label dropout):
+:func:`easyhard.edm.draw_noise_per_record` from Philox keyed by :func:`easyhard.edm.record_ids`
+(a keyed hash of ``r``'s own pixel bytes and label) at counter ``t * 2^192``, as
+:func:`easyhard.train.dp_finetune` draws them (the argument needs no independence between
+different records' draws: equal records get equal draws; independence matters for training only). Claim: ``S(D') - S(D) = b* g(theta, x*, t)``, so
+``||S(D') - S(D)|| <= C`` in a step that samples ``x*`` and ``S(D') - S(D) = 0`` in one that does
+not. Proof: the batch is ``{r : b_r = 1}``; ``xi`` depends on (public seed, t, r) only, not on
+``r``'s position, the batch size or any other record; the network's output for one example depends
+on that example's K rows only (each row is one draw of one example; GroupNorm normalises and
+attention attends within a row, the class and time embeddings are per row; there is no BatchNorm
+and no active dropout: ``dp_finetune`` refuses both); the gradient engines return each example's
+exact gradient (``tests/test_grad_sample.py``, ``tests/test_dpsgd.py``); so
+every term of ``S(D)`` appears unchanged in ``S(D')``, which has the one extra term ``b* g(x*)``,
+of norm ``<= C`` after clipping. The release ``(S + N(0, (sigma C)^2 I)) / (q N)`` divides by the
+public ``q * N`` (declared N, not ``len`` of either dataset, not ``|B|``) and adds noise whose
+scale depends on public values only, so each step is the Poisson-subsampled Gaussian mechanism
+with sensitivity C that the accountant analyses with ``(sigma, q)``; ``theta`` is a function of
+public values and earlier DP releases only (the pretrained model, the earlier noisy gradients), so
+T steps compose adaptively, and Adam and the EMA are post-processing. With several processes each
+rank clips its shard and the shard sums are added: the same sum in exact arithmetic.
+
+Assumed, not proved: exact arithmetic. In float32 a step that samples ``x*`` sums the shared terms
+in a different order (and batched kernels may round differently for ``B`` and ``B + 1`` rows), so
+the difference is ``b* g(x*)`` plus rounding (``tests/test_sensitivity_as_implemented.py`` runs the
+real loop on D and D' and bounds it by C (1 + 1e-4)); a step that does not sample ``x*`` runs the identical computation, and the test
+finds its difference exactly 0 on CPU with a fixed thread count (deterministic kernels are assumed,
+as for any DP-SGD code). The Gaussian noise's own floating-point weaknesses are handled by the
+noise source (:mod:`easyhard.privacy.randomness`), not by this argument. The diagnostics of
+:class:`StepStats` are exact functions of the batch and outside the guarantee (private zone).
 """
 
 from __future__ import annotations

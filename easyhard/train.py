@@ -16,7 +16,15 @@ from easyhard.checkpoint import Checkpointer, generator_states, restore_generato
 from easyhard.compute import FP32, Compute, autocast, prepare_input, prepare_model
 from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
 from easyhard.dpsgd import DPSGD, poisson_batches
-from easyhard.edm import Denoiser, NoiseDraws, draw_noise, edm_loss, to_model
+from easyhard.edm import (
+    Denoiser,
+    NoiseDraws,
+    draw_noise,
+    draw_noise_per_record,
+    edm_loss,
+    record_ids,
+    to_model,
+)
 from easyhard.multiplicity import PerExampleLoss
 from easyhard.privacy.randomness import NoiseSource
 from easyhard.world import SINGLE_PROCESS, World
@@ -167,6 +175,19 @@ def _resume(
     return int(blob["step"])
 
 
+def _per_example_only(model: nn.Module) -> None:
+    """Refuse layers that make one example's loss depend on the others or on a shared stream:
+    BatchNorm (batch statistics) and active dropout (torch's global generator, in batch order)."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            raise ValueError(f"DP fine-tuning: {name} is a BatchNorm layer (mixes examples)")
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            raise ValueError(
+                f"DP fine-tuning: {name} has dropout {m.p}, drawn from torch's global generator in"
+                " batch order (each record's randomness must be its own); set network.dropout: 0"
+            )
+
+
 def dp_finetune(
     denoiser: Denoiser,
     x: Tensor,
@@ -194,7 +215,11 @@ def dp_finetune(
     ``(noise_multiplier, cfg.sample_rate, steps)``.
 
     ``noise`` (:mod:`easyhard.privacy.randomness`) draws every Poisson mask and Gaussian noise
-    vector: secret in a private run. ``seed`` (public) drives only the K diffusion noise draws.
+    vector: secret in a private run. ``seed`` (public) drives only the K diffusion noise draws,
+    per record: a sampled record's sigmas, noise images and label-dropout flags at step ``t`` are a
+    function of (``seed``, ``t``, that record's content) alone (:func:`easyhard.edm.record_ids`,
+    :func:`easyhard.edm.draw_noise_per_record`), never of which other records were sampled or how
+    many came before: the sensitivity argument of :mod:`easyhard.dpsgd` rests on it.
 
     With ``checkpoint``, the state (and ``ledger_at(steps_done)``, the privacy ledger so far) is
     saved every ``checkpoint.every`` steps and a rerun resumes from it. A secure ``noise`` keeps no
@@ -211,7 +236,7 @@ def dp_finetune(
     from easyhard.progress import progress_bar
 
     prepare_model(denoiser, compute)
-    draw_gen = torch.Generator().manual_seed(seed + 1)
+    ids = record_ids(x, y, seed)  # public, per record: no shared stream, nothing to checkpoint
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
     ema = ema if ema is not None else EMA(denoiser, cfg.ema_decay)
     ema.decay = cfg.ema_decay
@@ -226,9 +251,11 @@ def dp_finetune(
         world=world,
     )
     hist = History()
-    gens = (draw_gen,)
+    gens: tuple[torch.Generator, ...] = ()
     start = _resume(checkpoint, denoiser, ema, opt, hist, gens, noise)
     denoiser.train()
+    if not dp.plain:
+        _per_example_only(denoiser)
     batches = poisson_batches(len(x), cfg.sample_rate, steps - start, noise)
     bar = progress_bar(
         batches,
@@ -238,7 +265,7 @@ def dp_finetune(
         disable=not (progress and world.is_main),
     )
     for step, idx in enumerate(bar, start=start):
-        draws = draw_noise(len(idx), tuple(x.shape[1:]), edm, draw_gen)
+        draws = draw_noise_per_record([ids[i] for i in idx.tolist()], step, tuple(x.shape[1:]), edm)
         xb = prepare_input(to_model(x[idx]), compute)
         dev = xb.device
         stats = dp.step_gradients(
