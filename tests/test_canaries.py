@@ -166,3 +166,21 @@ def test_seeded_noise_fails_and_the_replay_recovers_the_canaries(tmp_path):
 def test_clipping_disabled_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(dpsgd, "clip_factors", lambda norms, clip: norms.new_ones(norms.shape))
     assert "the audit certifies eps >=" in _fails(tmp_path)
+
+
+def test_cli_audits_settings_through_dp_finetune():
+    import subprocess
+    import sys
+
+    from easyhard.privacy import calibrate_noise_multiplier
+
+    sigma = calibrate_noise_multiplier(1.0, 1e-5, sample_rate=0.2, steps=20).noise_multiplier
+    cmd = [sys.executable, "-m", "easyhard.privacy", "audit", "--sigma", str(sigma)]
+    cmd += ["--sample-rate", "0.2", "--steps", "20", "--dataset-size", "1000"]
+    cmd += ["--canaries", "200", "--fillers", "10"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("epsilon_lower_bound=")
+    assert 0.0 <= float(last.split("=")[1]) < 1.0  # honest DP-SGD at claimed eps = 1
+    assert "conclusive-pass" in done.stdout and "through dp_finetune: 20 steps" in done.stdout

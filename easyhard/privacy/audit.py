@@ -23,7 +23,9 @@ for the null hypothesis "the algorithm is (eps, delta)-DP"; the audit reports th
 it rejects at the requested confidence. This is the numerical procedure the paper gives in its
 Appendix D (binomial tail, plus the delta term whose maximum over ``i`` is taken over
 ``i = 1..v``: for ``i >= v``, ``f(v - i) = 1`` and the ratio only decreases), with eps found by
-bisection. Everything here is this module's own code.
+bisection. Everything here is this module's own code. :func:`verdict` and :func:`canaries_needed`
+say whether a run's claim lies within what its ``m`` canaries can certify at all
+(:func:`max_epsilon`), and how many canaries a claim would need.
 
 :mod:`easyhard.privacy.gaussian_audit` runs the scheme on the plain Gaussian mechanism and
 compares with its exact epsilon.
@@ -40,8 +42,12 @@ from scipy import special, stats
 from easyhard.privacy.gaussian import gaussian_delta, gaussian_epsilon, gaussian_sigma
 
 __all__ = [
+    "CONCLUSIVE_PASS",
     "DEFAULT_GUESS_FRACTIONS",
+    "FAIL",
+    "INCONCLUSIVE",
     "best_guesses",
+    "canaries_needed",
     "default_guess_grid",
     "epsilon_lower_bound",
     "gaussian_delta",
@@ -50,6 +56,7 @@ __all__ = [
     "guesses",
     "max_epsilon",
     "p_value",
+    "verdict",
 ]
 
 #: Fractions r/m of the canaries guessed on by ``best_guesses``' default grid (k+ = ceil(r/2)).
