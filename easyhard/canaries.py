@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from easyhard.checkpoint import Checkpointer
+from easyhard.compute import FP32, Compute
 from easyhard.config import EDMConfig, FinetuneConfig
 from easyhard.dpsgd import Released
 from easyhard.edm import Denoiser
@@ -147,7 +148,7 @@ class StepRecorder:
 
     def __call__(self, rel: Released) -> None:
         step = {
-            k.removeprefix(self.prefix): v.double() * rel.normaliser
+            k.removeprefix(self.prefix): v.detach().double().cpu() * rel.normaliser
             for k, v in rel.gradient.items()
         }
         if self.replay is not None:  # the attacker's copy of the stream: same masks, same noise
@@ -232,6 +233,7 @@ def canary_finetune(
     interrupt_at: int | None = None,
     replay: NoiseSource | None = None,
     world: World = SINGLE_PROCESS,
+    compute: Compute = FP32,
 ) -> CanaryRun:
     """Run :func:`easyhard.train.dp_finetune` on fillers + IN canaries and score the canaries.
 
@@ -240,10 +242,14 @@ def canary_finetune(
     them. ``coin_seed`` decides the coin flips and the canaries' coordinates; ``seed`` is the public
     seed of the diffusion draws. With ``checkpoint_path`` and ``interrupt_at`` the run is cut after
     ``interrupt_at`` steps and resumed from its last checkpoint (``cfg.checkpoint_every``).
+    ``world`` and ``compute`` are passed on as the fine-tuning stage passes its own; the data go
+    to the denoiser's device.
     """
     rng = np.random.default_rng(coin_seed)
     included = rng.random(m) < 0.5
-    x, y = audited_dataset(fillers_x, fillers_y, included)
+    x, y = audited_dataset(fillers_x.cpu(), fillers_y.cpu(), included)
+    dev = next(denoiser.parameters()).device  # the fillers and canaries go where the model is
+    x, y = x.to(dev), y.to(dev)
     prefix = "denoiser."  # the loss module DP-SGD differentiates holds the denoiser under this name
     shapes = {k: tuple(p.shape) for k, p in denoiser.named_parameters() if p.requires_grad}
     coords = Coordinates.spread(shapes, m, coin_seed + 1)
@@ -267,6 +273,7 @@ def canary_finetune(
         progress=False,
         checkpoint=ckpt,
         world=world,
+        compute=compute,
         per_example_hook=hook,
         observer=recorder,
     )

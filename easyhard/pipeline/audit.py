@@ -42,7 +42,7 @@ from easyhard.modelfile import build_denoiser, load_model
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import NOT_PRIVATE, noise_for, plan
-from easyhard.pipeline.runtime import device
+from easyhard.pipeline.runtime import compute_settings, device
 from easyhard.plots import audit_figure
 from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, compose_epsilon
 from easyhard.privacy.audit import FAIL, best_guesses, canaries_needed, max_epsilon, verdict
@@ -109,6 +109,7 @@ def canary_run(
     with torch.random.fork_rng():
         torch.manual_seed(params.seed)
         den = build_denoiser(net, tuple(x.shape[1:]), n_classes, params.edm.sigma_data)
+    den.to(device(params))
     every = params.finetune.checkpoint_every
     cut = min(steps - 1, steps // 2 + max(1, every // 2)) if cfg.resume and steps > 1 else None
     return canary_finetune(
@@ -130,6 +131,7 @@ def canary_run(
         checkpoint_path=paths.checkpoint(method, "audit") if cut is not None else None,
         interrupt_at=cut,
         replay=SeededSource(params.seed, "dp_sgd") if seeded else None,
+        compute=compute_settings(params),
     )
 
 
