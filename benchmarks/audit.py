@@ -18,6 +18,8 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
+
 from easyhard import dpsgd
 from easyhard.config import PARAMS_FILE, load_params
 from easyhard.pipeline import audit, prepare
@@ -31,7 +33,7 @@ VARIANTS = ("correct", "sigma10", "noclip", "seeded")
 class QuietSource(SecureSource):
     """A broken noise source: a tenth of the std DP-SGD asks for."""
 
-    def gaussian(self, exact, std):  # noqa: ANN001, ANN201 - the NoiseSource signature
+    def gaussian(self, exact: np.ndarray, std: float) -> np.ndarray:
         return super().gaussian(exact, std / 10)
 
 

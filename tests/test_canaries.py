@@ -184,3 +184,56 @@ def test_cli_audits_settings_through_dp_finetune():
     assert last.startswith("epsilon_lower_bound=")
     assert 0.0 <= float(last.split("=")[1]) < 1.0  # honest DP-SGD at claimed eps = 1
     assert "conclusive-pass" in done.stdout and "through dp_finetune: 20 steps" in done.stdout
+
+
+def _small_run(world=None):
+    from dataclasses import replace
+
+    from easyhard.canaries import canary_finetune
+    from easyhard.modelfile import build_denoiser
+    from easyhard.world import SINGLE_PROCESS
+
+    params = load_params(PARAMS_FILE, SMALL)
+    net = replace(params.network, channels=(4, 8), attention=(False, True))
+    torch.manual_seed(0)
+    den = build_denoiser(net, (1, 8, 8), 10, params.edm.sigma_data)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(10, 1, 8, 8, generator=g), torch.arange(10) % 10
+    cfg = replace(params.finetune, sample_rate=0.2, physical_batch=8)
+    run = canary_finetune(
+        den, x, y, m=60, canary_norm=10.0, coin_seed=0, cfg=cfg, edm=params.edm,
+        noise_multiplier=1.0, steps=6, expected_batch=8.0, noise=SeededSource(5, "dp_sgd"),
+        seed=0, world=world or SINGLE_PROCESS,
+    )  # fmt: skip
+    return run.scores
+
+
+def _rank(rank: int, size: int, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from easyhard.world import World
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        np.save(f"{out}.{rank}.npy", _small_run(World(rank, size)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_give_the_single_process_canary_scores(tmp_path):
+    """Each rank's hook rewrites its shard's canaries; the observer sees the all-reduced step."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = str(tmp_path / "scores")
+    mp.spawn(_rank, args=(2, port, out), nprocs=2, join=True)
+    single = _small_run()
+    for r in range(2):
+        assert np.allclose(np.load(f"{out}.{r}.npy"), single, atol=1e-4)
