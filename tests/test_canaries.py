@@ -237,3 +237,34 @@ def test_two_processes_give_the_single_process_canary_scores(tmp_path):
     single = _small_run()
     for r in range(2):
         assert np.allclose(np.load(f"{out}.{r}.npy"), single, atol=1e-4)
+
+
+def test_observed_settings_must_be_the_ledgers():
+    from easyhard.canaries import CanaryRun
+    from easyhard.privacy import Mechanism
+
+    sgd = Mechanism("dp_sgd", 0.64, 0.05, 100)
+
+    def observed(**kw) -> CanaryRun:
+        base = dict(
+            scores=np.zeros(3), included=np.zeros(3, bool), noise_multiplier=(0.64,),
+            noise_std=(0.64,), clip=(1.0,), normaliser=(200.0,), steps=100, records=700,
+            sampled=3500, resumed_from=None,
+        )  # fmt: skip
+        return CanaryRun(**{**base, **kw})
+
+    assert audit.settings_mismatch(observed(), sgd, 1.0, 4000) is None
+    cases = {
+        "noise_multiplier": observed(noise_multiplier=(0.064,)),
+        "clip": observed(clip=(2.0,)),
+        "normaliser": observed(normaliser=(175.0,)),  # len(data) instead of the declared N
+        "released 99 steps": observed(steps=99),
+        "sampled 7000": observed(sampled=7000),  # q = 0.1, not 0.05
+    }
+    for words, run in cases.items():
+        line = audit.settings_mismatch(run, sgd, 1.0, 4000)
+        assert line is not None and words in line and "\n" not in line, (words, line)
+    # a changing setting (e.g. sigma modified mid-run) is a mismatch too
+    assert "noise_multiplier" in audit.settings_mismatch(
+        observed(noise_multiplier=(0.32, 0.64)), sgd, 1.0, 4000
+    )
