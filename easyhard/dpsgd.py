@@ -60,12 +60,15 @@ finds its difference exactly 0 on CPU with a fixed thread count (deterministic k
 as for any DP-SGD code). The Gaussian noise's own floating-point weaknesses are handled by the
 noise source (:mod:`easyhard.privacy.randomness`), not by this argument. The diagnostics of
 :class:`StepStats` are exact functions of the batch and outside the guarantee (private zone).
+
+For the audit (:mod:`easyhard.canaries`) :class:`DPSGD` takes two keyword-only hooks, both off in a
+release: one rewrites per-example gradients before clipping, one observes every released step.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,6 +176,31 @@ class StepStats:
     clipped_fraction: float
 
 
+@dataclass(frozen=True)
+class Released:
+    """What one DP-SGD step released, and the settings it actually used (for an auditor).
+
+    ``gradient`` is the noisy normalised gradient (the white-box adversary's view of the step);
+    ``noise_std`` the std of the Gaussian noise drawn, ``clip`` the C the clipping used,
+    ``normaliser`` the divisor (q * N). ``batch_size`` is the realised logical batch size, an
+    un-noised statistic of the data: only an audit on canary data may look at it.
+    """
+
+    gradient: dict[str, Tensor]
+    noise_multiplier: float
+    noise_std: float
+    clip: float
+    normaliser: float
+    batch_size: int
+
+
+#: ``per_example_hook(grads, chunk) -> grads``: rewrites a physical chunk's per-example gradients
+#: (``{name: [b, *shape]}``) given that chunk's inputs, after they are computed, before clipping.
+PerExampleHook = Callable[[dict[str, Tensor], tuple[Tensor, ...]], dict[str, Tensor]]
+#: ``observer(released)``: called once per logical step with what the step released.
+Observer = Callable[[Released], None]
+
+
 class DPSGD:
     """Computes the private gradient of one logical Poisson batch and writes it into ``p.grad``.
 
@@ -180,6 +208,10 @@ class DPSGD:
     parameters are updated. The caller runs ``optimizer.step()`` afterwards. ``noise`` draws the
     Gaussian noise; on every rank of a ``world`` it must produce the same stream (one shared secret
     key, or the same seed in seeded mode).
+
+    Two auditing hooks (:mod:`easyhard.canaries`; both None in a release): ``per_example_hook``
+    rewrites per-example gradients before clipping (gradient canaries), ``observer`` receives each
+    step's :class:`Released` (the noisy gradient and the noise std, C and normaliser used).
     """
 
     def __init__(
@@ -193,6 +225,8 @@ class DPSGD:
         noise: NoiseSource,
         grad_sampler: str = "layerwise",
         world: World = SINGLE_PROCESS,
+        per_example_hook: PerExampleHook | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if grad_sampler not in GRAD_SAMPLERS:
             raise ValueError(f"grad_sampler must be one of {GRAD_SAMPLERS}, got {grad_sampler!r}")
@@ -206,6 +240,12 @@ class DPSGD:
         self.expected_batch = expected_batch
         self.physical_batch = physical_batch
         self.noise = noise
+        self.per_example_hook = per_example_hook
+        self.observer = observer
+        if per_example_hook is not None and self.plain:
+            raise ValueError(
+                "DPSGD: a per-example hook needs per-example gradients (clip or noise)"
+            )
 
     @property
     def plain(self) -> bool:
@@ -217,6 +257,12 @@ class DPSGD:
         """Std of the Gaussian noise added to the clipped sum: noise_multiplier * C (0 without
         noise: the non-private ceiling, where C may be infinite)."""
         return 0.0 if self.noise_multiplier == 0 else self.noise_multiplier * self.clip
+
+    def _noised(self, exact: Tensor, std: float) -> Tensor:
+        """``exact`` plus N(0, std^2) noise from the noise source (unchanged when std is 0)."""
+        if not std:
+            return exact
+        return torch.from_numpy(self.noise.gaussian(exact.double().cpu().numpy(), std)).to(exact)
 
     def private_gradient(self, *batch: Tensor) -> tuple[dict[str, Tensor], StepStats]:
         """Noisy, normalised gradient of a logical batch (any size, including empty).
@@ -239,6 +285,8 @@ class DPSGD:
                 summed, loss, norms = _summed_gradient(self.model, params, chunk)
             else:
                 grads, loss = per_example_grads(self.model, *chunk, grad_sampler=self.grad_sampler)
+                if self.per_example_hook is not None:
+                    grads = self.per_example_hook(grads, chunk)
                 summed, norms = clipped_sum(grads, self.clip)
             for k in total:
                 total[k] += summed[k]
@@ -253,15 +301,11 @@ class DPSGD:
             )
         self.world.all_reduce_sum([*total.values(), diag])
         std = self.noise_std()
-        noisy = {
-            k: (
-                torch.from_numpy(self.noise.gaussian(v.double().cpu().numpy(), std)).to(v)
-                if std
-                else v
+        noisy = {k: self._noised(v, std) / self.expected_batch for k, v in total.items()}
+        if self.observer is not None:
+            self.observer(
+                Released(noisy, self.noise_multiplier, std, self.clip, self.expected_batch, n)
             )
-            / self.expected_batch
-            for k, v in total.items()
-        }
         count, loss_sum, norm_sum, clipped = diag.tolist()
         nan = float("nan")
         stats = StepStats(

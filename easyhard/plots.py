@@ -134,15 +134,22 @@ def quality_vs_epsilon_figure(
     return fig
 
 
-def audit_figure(scores: np.ndarray, included: np.ndarray, title: str = "") -> Figure:
-    """Histograms of the canary scores of IN and OUT canaries (overlap = no measurable leak)."""
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    bins = np.histogram_bin_edges(scores, bins=40)
-    ax.hist(scores[~included], bins=bins, alpha=0.6, label=f"OUT ({int((~included).sum())})")
-    ax.hist(scores[included], bins=bins, alpha=0.6, label=f"IN ({int(included.sum())})")
-    ax.set_xlabel("canary score (its coordinate summed over the noisy steps)")
-    ax.set_ylabel("canaries")
-    ax.legend()
-    ax.set_title(title, fontsize=9)
+def audit_figure(
+    runs: dict[str, tuple[np.ndarray, np.ndarray]],
+    title: str = "",
+    xlabel: str = "canary score (its coordinate summed over the released steps)",
+) -> Figure:
+    """One panel per run: histograms of the scores of IN and OUT records (overlap = no measurable
+    leak). ``runs`` maps a panel title to ``(scores, included)``."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.2), squeeze=False)
+    for ax, (name, (scores, included)) in zip(axes[0], runs.items(), strict=True):
+        bins = np.histogram_bin_edges(scores, bins=40)
+        ax.hist(scores[~included], bins=bins, alpha=0.6, label=f"OUT ({int((~included).sum())})")
+        ax.hist(scores[included], bins=bins, alpha=0.6, label=f"IN ({int(included.sum())})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("records")
+        ax.set_title(name, fontsize=9)
+        ax.legend()
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from easyhard.checkpoint import Checkpointer, generator_states, restore_generators
 from easyhard.compute import FP32, Compute, autocast, prepare_input, prepare_model
 from easyhard.config import EDMConfig, FinetuneConfig, PretrainConfig
-from easyhard.dpsgd import DPSGD, poisson_batches
+from easyhard.dpsgd import DPSGD, Observer, PerExampleHook, poisson_batches
 from easyhard.edm import (
     Denoiser,
     NoiseDraws,
@@ -206,6 +206,8 @@ def dp_finetune(
     ledger_at: Callable[[int], dict[str, Any]] | None = None,
     world: World = SINGLE_PROCESS,
     compute: Compute = FP32,
+    per_example_hook: PerExampleHook | None = None,
+    observer: Observer | None = None,
 ) -> tuple[EMA, History]:
     """DP-SGD fine-tuning for exactly ``steps`` Poisson batches at rate ``cfg.sample_rate``.
 
@@ -249,6 +251,8 @@ def dp_finetune(
         noise=noise,
         grad_sampler=cfg.grad_sampler,
         world=world,
+        per_example_hook=per_example_hook,
+        observer=observer,
     )
     hist = History()
     gens: tuple[torch.Generator, ...] = ()

@@ -14,6 +14,7 @@ from scipy import optimize, special, stats
 
 from easyhard.privacy.audit import (
     best_guesses,
+    canaries_needed,
     default_guess_grid,
     epsilon_lower_bound,
     gaussian_delta,
@@ -22,6 +23,7 @@ from easyhard.privacy.audit import (
     guesses,
     max_epsilon,
     p_value,
+    verdict,
 )
 from easyhard.privacy.gaussian_audit import expected_gaussian_audit, gaussian_mechanism_audit
 
@@ -302,3 +304,30 @@ def test_method_limit_grows_with_the_number_of_canaries():
     sigma = gaussian_sigma(2.0, 1e-5)
     limits = [expected_gaussian_audit(sigma, m, 1e-5)["eps"] for m in (100, 1000, 10000)]
     assert limits[0] < limits[1] < limits[2] < 2.0
+
+
+# 6. Verdicts and the canaries a claim needs ------------------------------------------------------
+
+
+def test_verdict_fails_above_the_claim_and_is_inconclusive_above_the_ceiling() -> None:
+    ceiling = max_epsilon(1000, DELTA)
+    assert verdict(1.2, 1.0, ceiling) == "fail"
+    assert verdict(0.3, 1.0, ceiling) == "conclusive-pass"
+    # the release's claim at the defaults: no outcome of 1,000 canaries could exceed it
+    assert verdict(ceiling, 9.9, ceiling) == "inconclusive"
+    assert verdict(6.0, 5.0, 4.0) == "fail"  # a certified leak is a failure whatever the ceiling
+
+
+def test_canaries_needed_is_the_fewest_m_whose_ceiling_reaches_the_claim() -> None:
+    need = canaries_needed(6.0, DELTA)
+    m = need["m"]
+    assert max_epsilon(m, DELTA) >= 6.0
+    assert max_epsilon(int(m * 0.98), DELTA) < 6.0  # bisected to 1%
+    assert 1000 < m < 2000  # 5.78 at m = 1,000, 6.45 at m = 2,000
+
+
+def test_no_number_of_canaries_certifies_eps_10_at_delta_1e_5() -> None:
+    # the delta term 2 m delta caps the one-run ceiling near 8.2 (m ~ 30,000-50,000)
+    need = canaries_needed(9.9, DELTA)
+    assert need["m"] is None
+    assert 8.1 < need["best"] < 8.4 and need["best"] >= max_epsilon(100_000, DELTA) - 1e-9

@@ -104,20 +104,42 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class AuditConfig:
-    """The one-run privacy audit of each method's DP-SGD (white-box Dirac canaries) and of its
-    released model (black-box membership score); see :mod:`easyhard.pipeline.audit`."""
+    """The one-run privacy audit of each method's DP-SGD fine-tuning (white-box Dirac gradient
+    canaries through :func:`easyhard.train.dp_finetune`) and of its released model (black-box
+    membership score); see :mod:`easyhard.pipeline.audit` and ``docs/auditing.md``.
+
+    ``canaries`` (m) canary records and ``fillers`` held-out test images form the audited set;
+    ``resolvable_epsilon`` is the budget of the second run (sigma calibrated for it, the release's
+    q, T, C), which m canaries can resolve; ``channels`` / ``attention`` the audit's network (the
+    release's layer types, ``network``'s other keys); ``resume``: each run is cut once mid-way and
+    resumed from its last checkpoint (needs ``finetune.checkpoint_every`` > 0).
+    """
 
     enabled: bool
     canaries: int
+    fillers: int
     confidence: float
     canary_norm: float
+    resolvable_epsilon: float
+    channels: tuple[int, ...]
+    attention: tuple[bool, ...]
+    resume: bool
     blackbox_count: int
 
     def __post_init__(self) -> None:
         positive("audit.canaries", self.canaries)
+        positive("audit.fillers", self.fillers)
         in_open("audit.confidence", self.confidence, 0.0, 1.0)
         if not self.canary_norm >= 1:
             raise ConfigError(
                 f"audit.canary_norm must be >= 1 (x the clip C), got {self.canary_norm}"
             )
+        positive("audit.resolvable_epsilon", self.resolvable_epsilon)
+        if not self.channels or len(self.channels) != len(self.attention):
+            raise ConfigError(
+                f"audit.channels ({len(self.channels)} levels) and audit.attention "
+                f"({len(self.attention)}) must have the same, non-zero length"
+            )
+        for i, c in enumerate(self.channels):
+            positive(f"audit.channels[{i}]", c)
         positive("audit.blackbox_count", self.blackbox_count)

@@ -6,7 +6,7 @@ python -m easyhard.privacy plan --epsilon 10 --delta 1e-5 --central 5,0.2,20 \\
 python -m easyhard.privacy epsilon ledger.json [--accountant prv|pld|rdp]
 python -m easyhard.privacy total [--root .] [--delta D] [--accountant A] [--all]
 python -m easyhard.privacy audit --sigma S --sample-rate Q --steps T --clip C --dataset-size N \
-    [--canaries 1000] [--delta 1e-5] [--confidence 0.95] [--grad-sampler layerwise]
+    [--canaries 1000] [--fillers 40] [--image-size 8] [--delta 1e-5] [--confidence 0.95]
 
 Bad input prints one error line on stderr and exits with status 2.
 """
@@ -104,57 +104,84 @@ def _parser() -> _Parser:
     )
     aud = sub.add_parser(
         "audit",
-        help="one-run white-box audit of a DP-SGD configuration with Dirac canaries (no data)",
+        help="one-run white-box audit of DP-SGD settings: Dirac canaries through dp_finetune, on "
+        "generated fillers and the audit network of params.yaml (no data)",
     )
     aud.add_argument("--sigma", type=float, required=True, help="noise multiplier")
     aud.add_argument("--sample-rate", type=float, required=True, help="Poisson rate q")
     aud.add_argument("--steps", type=int, required=True, help="DP-SGD steps T")
     aud.add_argument("--clip", type=float, default=1.0, help="clipping norm C")
-    aud.add_argument("--dataset-size", type=int, required=True, help="records N (q*N normaliser)")
+    aud.add_argument("--dataset-size", type=int, required=True, help="declared N (q*N normaliser)")
     aud.add_argument("--canaries", type=int, default=1000, help="m (each IN w.p. 1/2)")
+    aud.add_argument("--fillers", type=int, default=40, help="generated filler images")
+    aud.add_argument("--image-size", type=int, default=8, help="side of the generated images")
     aud.add_argument("--delta", type=float, default=1e-5)
     aud.add_argument("--confidence", type=float, default=0.95)
     aud.add_argument("--accountant", choices=ACCOUNTANTS, default="prv")
     aud.add_argument("--grad-sampler", choices=GRAD_SAMPLERS, default="layerwise")
-    aud.add_argument("--canary-norm", type=float, default=4.0, help="canary gradient norm / C")
-    aud.add_argument("--seed", type=int, default=0, help="the canaries' coin flips")
+    aud.add_argument("--canary-norm", type=float, default=10.0, help="canary gradient norm / C")
+    aud.add_argument("--seed", type=int, default=0, help="coin flips, network init, fillers")
     return parser
 
 
 def _audit(args: argparse.Namespace) -> None:
-    from easyhard.canaries import AuditSettings, dirac_audit
+    from dataclasses import replace
+
+    import torch
+
+    from easyhard.canaries import canary_finetune
+    from easyhard.config import defaults
+    from easyhard.modelfile import build_denoiser
+    from easyhard.privacy.audit import best_guesses, max_epsilon, verdict
     from easyhard.privacy.randomness import SecureSource
 
-    settings = AuditSettings(
-        noise_multiplier=args.sigma,
-        sample_rate=args.sample_rate,
-        steps=args.steps,
-        clip=args.clip,
-        dataset_size=args.dataset_size,
-        canaries=args.canaries,
-        grad_sampler=args.grad_sampler,
-        canary_norm=args.canary_norm,
+    base = defaults()  # params.yaml: the audit network, the fine-tuning and EDM settings
+    cfg = replace(
+        base.finetune, sample_rate=args.sample_rate, clip=args.clip, grad_sampler=args.grad_sampler
     )
-    res = dirac_audit(
-        settings,
+    net = replace(base.network, channels=base.audit.channels, attention=base.audit.attention)
+    gen = torch.Generator().manual_seed(args.seed)
+    shape = (1, args.image_size, args.image_size)
+    x = torch.rand(args.fillers, *shape, generator=gen)
+    y = torch.arange(args.fillers) % 10
+    with torch.random.fork_rng():
+        torch.manual_seed(args.seed)
+        den = build_denoiser(net, shape, 10, base.edm.sigma_data)
+    res = canary_finetune(
+        den,
+        x,
+        y,
+        m=args.canaries,
+        canary_norm=args.canary_norm,
+        coin_seed=args.seed,
+        cfg=cfg,
+        edm=base.edm,
+        noise_multiplier=args.sigma,
+        steps=args.steps,
+        expected_batch=args.sample_rate * args.dataset_size,
         noise=SecureSource(),
         seed=args.seed,
-        delta=args.delta,
-        confidence=args.confidence,
-        accountant=args.accountant,
     )
-    g = res.guesses
+    best = best_guesses(res.scores, res.included, args.delta, args.confidence)
+    claimed = compose_epsilon(
+        [Mechanism("dp_sgd", args.sigma, args.sample_rate, args.steps)], args.delta, args.accountant
+    )
+    ceiling = max_epsilon(args.canaries, args.delta, args.confidence)
+    eps_hat = float(best["eps"])
     print(
-        f"{args.canaries} Dirac canaries ({int(res.included.sum())} IN), {args.steps} steps at "
-        f"q={args.sample_rate:g}, sigma={args.sigma:g}, C={args.clip:g}, N={args.dataset_size}"
+        f"{args.canaries} Dirac canaries ({int(res.included.sum())} IN) + {args.fillers} fillers "
+        f"through dp_finetune: {res.steps} steps at q={args.sample_rate:g}, sigma={args.sigma:g}, "
+        f"C={args.clip:g}, N={args.dataset_size}"
     )
-    print(f"guesses: {g['r']} made, {g['v']} correct (k+={g['k_plus']}, k-={g['k_minus']})")
-    verdict = "ok" if res.passed else "LEAKS MORE THAN CLAIMED"
     print(
-        f"claimed eps={res.claimed_epsilon:.4f} ({args.accountant}, delta={args.delta:g}); "
-        f"certified lower bound at {args.confidence:.0%}: {res.epsilon_lower_bound:.4f}  {verdict}"
+        f"guesses: {best['r']} made, {best['v']} correct (k+={best['k_plus']}, k-={best['k_minus']})"
     )
-    print(f"epsilon_lower_bound={res.epsilon_lower_bound!r}")
+    print(
+        f"claimed eps={claimed:.4f} ({args.accountant}, delta={args.delta:g}); certified lower "
+        f"bound at {args.confidence:.0%}: {eps_hat:.4f}; at most {ceiling:.4f} with "
+        f"{args.canaries} canaries: {verdict(eps_hat, claimed, ceiling)}"
+    )
+    print(f"epsilon_lower_bound={eps_hat!r}")
 
 
 def _print_table(mechanisms: Sequence[Mechanism], delta: float, accountant: str) -> None:

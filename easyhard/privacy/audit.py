@@ -23,7 +23,9 @@ for the null hypothesis "the algorithm is (eps, delta)-DP"; the audit reports th
 it rejects at the requested confidence. This is the numerical procedure the paper gives in its
 Appendix D (binomial tail, plus the delta term whose maximum over ``i`` is taken over
 ``i = 1..v``: for ``i >= v``, ``f(v - i) = 1`` and the ratio only decreases), with eps found by
-bisection. Everything here is this module's own code.
+bisection. Everything here is this module's own code. :func:`verdict` and :func:`canaries_needed`
+say whether a run's claim lies within what its ``m`` canaries can certify at all
+(:func:`max_epsilon`), and how many canaries a claim would need.
 
 :mod:`easyhard.privacy.gaussian_audit` runs the scheme on the plain Gaussian mechanism and
 compares with its exact epsilon.
@@ -40,8 +42,12 @@ from scipy import special, stats
 from easyhard.privacy.gaussian import gaussian_delta, gaussian_epsilon, gaussian_sigma
 
 __all__ = [
+    "CONCLUSIVE_PASS",
     "DEFAULT_GUESS_FRACTIONS",
+    "FAIL",
+    "INCONCLUSIVE",
     "best_guesses",
+    "canaries_needed",
     "default_guess_grid",
     "epsilon_lower_bound",
     "gaussian_delta",
@@ -50,6 +56,7 @@ __all__ = [
     "guesses",
     "max_epsilon",
     "p_value",
+    "verdict",
 ]
 
 #: Fractions r/m of the canaries guessed on by ``best_guesses``' default grid (k+ = ceil(r/2)).
@@ -297,3 +304,44 @@ def best_guesses(
             best = {"eps": eps, "k_plus": k_plus, "k_minus": k_minus, "r": r, "v": v}
     assert best is not None
     return {**best, "m": m, "n_tests": len(grid), "confidence_per_test": per_test}
+
+
+#: Verdicts of one audited run (``verdict``).
+CONCLUSIVE_PASS, FAIL, INCONCLUSIVE = "conclusive-pass", "fail", "inconclusive"
+
+
+def verdict(eps_hat: float, claimed: float, ceiling: float) -> str:
+    """``fail`` when the certified ``eps_hat`` exceeds the claim; otherwise ``conclusive-pass`` when
+    the claim is at most ``ceiling`` (:func:`max_epsilon`: so a leak above the claim could have
+    been certified), else ``inconclusive`` (no outcome of this audit could have failed it)."""
+    if eps_hat > claimed:
+        return FAIL
+    return CONCLUSIVE_PASS if claimed <= ceiling else INCONCLUSIVE
+
+
+def canaries_needed(
+    epsilon: float, delta: float, confidence: float = 0.95, start: int = 1000
+) -> dict[str, Any]:
+    """The fewest canaries ``m`` whose :func:`max_epsilon` reaches ``epsilon``, or None.
+
+    ``m`` doubles from ``start`` up to ``1 / delta`` (beyond it the theorem's ``2 m delta`` term
+    makes the ceiling fall: at delta = 1e-5 it peaks near 8.2 around m = 30,000-50,000), then the
+    first doubling that reaches ``epsilon`` is bisected to 1%. Returns ``m`` (None when no m up
+    to ``1 / delta`` suffices) and the highest ceiling seen with its ``m`` (``best_m``, ``best``).
+    """
+    _check_delta(delta)
+    _check_confidence(confidence)
+    limit = int(1 / delta) if delta > 0 else 10**7
+    m, best_m, best, below = start, start, -1.0, None
+    while m <= limit:
+        ceiling = max_epsilon(m, delta, confidence)
+        if ceiling > best:
+            best_m, best = m, ceiling
+        if ceiling >= epsilon:
+            lo = below if below is not None else 0
+            while m - lo > max(1, m // 100):
+                mid = (lo + m) // 2
+                lo, m = (lo, mid) if max_epsilon(mid, delta, confidence) >= epsilon else (mid, m)
+            return {"m": m, "best_m": best_m, "best": best}
+        below, m = m, 2 * m
+    return {"m": None, "best_m": best_m, "best": best}
