@@ -55,6 +55,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "dataset_epsilon_private_releases": total.epsilon_private,
         "dataset_releases": total.releases,
         "dataset_non_private_releases": total.non_private,
+        "dataset_epsilon_infinite_because": list(total.reasons),
         "delta": params.privacy.delta,
         "accountant": params.privacy.accountant,
         **{f"{m}_epsilon": metrics[m]["epsilon"] for m in params.methods},
