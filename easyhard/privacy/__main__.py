@@ -289,32 +289,6 @@ def _use_row(use: Any) -> str:
     return f"  {use.method:<10} {use.stage:<10} {flags} {what or use.reason}"
 
 
-def _print_per_record(store: Any, source: str, delta: float, accountant: str, detail: int) -> float:
-    from easyhard.privacy.per_record import per_record
-
-    view = per_record(store, source, delta=delta, accountant=accountant, detail=detail)
-    print(
-        f"  per-record view (the owner's only: depends on the data, never publish it): "
-        f"{view.records} records in {len(view.groups)} groups"
-    )
-    print(f"    {'records':>8} {'releases':>8} {'epsilon':>9}  note")
-    rest = [g for g in view.groups if g.epsilon is None]
-    for g in view.groups:
-        if g.epsilon is None:
-            continue
-        note = "a published non-private use" if g.unbounded else ""
-        if g.kept_private:
-            note += f"{'; ' if note else ''}{g.kept_private} non-private use(s) kept private"
-        print(f"    {g.records:>8} {g.releases:>8} {g.epsilon:>9.4f}  {note}")
-    if rest:
-        print(
-            f"    {sum(g.records for g in rest):>8} records in {len(rest)} other groups: "
-            "at most the maximum"
-        )
-    print(f"  maximum over records: {view.epsilon:.4f}")
-    return view.epsilon
-
-
 def _current_source(root: Any) -> tuple[str | None, dict[str, Any]]:
     """This repository's data source id and privacy section (None, {} without a params.yaml)."""
     from easyhard.config import load_params
@@ -371,7 +345,11 @@ def _total(args: argparse.Namespace) -> None:
             print(f"  kept in the private zone (not in the total): {why}")
         totals[sid] = tot.epsilon
         if args.per_record:
-            worst[sid] = _print_per_record(store, sid, delta, accountant, args.detail)
+            from easyhard.privacy.per_record import per_record, table
+
+            view = per_record(store, sid, delta=delta, accountant=accountant, detail=args.detail)
+            print("\n".join(table(view)))
+            worst[sid] = view.epsilon
     # the last line: this repository's data source, else the most spent by any one source
     sid = current if current in totals else max(totals, key=lambda k: totals[k])
     print(f"epsilon={totals[sid]!r}")

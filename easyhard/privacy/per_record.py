@@ -151,3 +151,24 @@ def per_record(
     _, digests = _columns(found)
     sets = [spend.load_records(store, source, d) for d in digests]
     return view(found, sets, delta=delta, accountant=accountant, detail=detail)
+
+
+def table(view: PerRecord) -> list[str]:
+    """The view as text lines for the owner's terminal (composed groups, most spent first)."""
+    out = [
+        "  per-record view (the owner's only: depends on the data, never publish it): "
+        f"{view.records} records in {len(view.groups)} groups",
+        f"    {'records':>8} {'releases':>8} {'epsilon':>9}  note",
+    ]
+    for g in view.groups:
+        if g.epsilon is None:
+            continue
+        notes = ["a published non-private use"] if g.unbounded else []
+        notes += [f"{g.kept_private} non-private use(s) kept private"] if g.kept_private else []
+        out.append(f"    {g.records:>8} {g.releases:>8} {g.epsilon:>9.4f}  {'; '.join(notes)}")
+    rest = [g for g in view.groups if g.epsilon is None]
+    if rest:
+        n = sum(g.records for g in rest)
+        out.append(f"    {n:>8} records in {len(rest)} other groups: at most the maximum")
+    out.append(f"  maximum over records: {view.epsilon:.4f}")
+    return out
