@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from easyhard.io import atomic_path, write_json
+from easyhard.io import atomic_path, create_once, write_json
 from easyhard.privacy.accounting import Mechanism, compose_epsilon
 
 ENV_DIR = "EASYHARD_SPEND_DIR"
@@ -74,21 +73,10 @@ def store_dir() -> Path:
 
 
 def _create_key(path: Path) -> None:
-    """Write 32 random bytes to a temporary file, then link it to ``path``: a reader sees no key
-    or the whole key, never a partial one; of racing creators, the first link wins."""
+    """Create the key atomically (:func:`easyhard.io.create_once`): a reader never sees a partial
+    key; of stages creating it at once, the first wins and every one uses its key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key.", suffix=".tmp")  # 0600
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(os.urandom(KEY_BYTES))
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-    finally:
-        os.unlink(tmp)
+    create_once(path, os.urandom(KEY_BYTES))
 
 
 def store_key(store: str | Path) -> bytes:
