@@ -8,7 +8,8 @@ two configurations (less and more noise), each making
 times, from the store as ``python -m easyhard.privacy total --per-record`` reads it:
 
 * the per-record total (:func:`easyhard.privacy.per_record.per_record`: load the id sets, group
-  the records by what they spent, compose the maximal groups and the ``--detail`` largest);
+  the records by what they spent, compose the maximal groups and the ``--detail`` largest, with
+  ``--view-accountant``, by default PLD as in ``privacy total --per-record``);
 * the published total (:func:`easyhard.privacy.spend.total`: every release composed);
 * keyed record ids of one training split of ``--records`` images of 28x28 (what each release
   stage adds, :func:`easyhard.privacy.spend.record_ids`).
@@ -28,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from easyhard.privacy import Mechanism, spend
-from easyhard.privacy.per_record import per_record, table
+from easyhard.privacy import ACCOUNTANTS, Mechanism, spend
+from easyhard.privacy.per_record import VIEW_ACCOUNTANT, per_record, table
 
 DELTA = 1e-5
 #: Two configurations' releases: (name, noise multiplier, sample rate, steps), less and more noise.
@@ -81,7 +82,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=300_000)
     parser.add_argument("--releases", type=int, default=200)
     parser.add_argument("--experiments", type=int, default=40)
-    parser.add_argument("--accountant", default="prv", choices=("prv", "pld", "rdp"))
+    parser.add_argument(
+        "--accountant", default="prv", choices=ACCOUNTANTS, help="published total (params.yaml's)"
+    )
+    parser.add_argument(
+        "--view-accountant", default=VIEW_ACCOUNTANT, choices=ACCOUNTANTS, help="per-record view"
+    )
     parser.add_argument("--detail", type=int, default=10, help="largest groups composed too")
     parser.add_argument(
         "--store", type=Path, default=None, help="default: a temporary folder (kept: reused)"
@@ -108,7 +114,7 @@ def main() -> None:
         print("\n".join(table(view)))
         composed = sum(g.epsilon is not None for g in view.groups)
         print(
-            f"per-record total: {per_record_s:.2f} s ({composed} groups composed, {args.accountant})"
+            f"per-record total: {per_record_s:.2f} s ({composed} groups composed, {args.view_accountant})"
         )
 
         x = np.random.default_rng(1).integers(0, 256, (args.records, 1, 28, 28), dtype=np.uint8)

@@ -216,7 +216,11 @@ class DPSGD:
         self.world.all_reduce_sum([*total.values(), diag])
         std = self.noise_std()
         noisy = {
-            k: (torch.from_numpy(self.noise.gaussian(v.double().cpu().numpy(), std)).to(v) if std else v)
+            k: (
+                torch.from_numpy(self.noise.gaussian(v.double().cpu().numpy(), std)).to(v)
+                if std
+                else v
+            )
             / self.expected_batch
             for k, v in total.items()
         }

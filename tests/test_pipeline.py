@@ -225,7 +225,7 @@ def test_empty_image_folder_is_refused(tmp_path):
     assert "class folder has no images" in r.stderr.strip().splitlines()[-1]
 
 
-def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
+def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path, spend_store):
     """No query runs, no ledger is written and nothing is recorded when the fixed-noise easy
     stage would exhaust the budget (the whole release is planned before the first query)."""
     from easyhard.pipeline import central_images, frequency, prepare
@@ -239,7 +239,7 @@ def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
     for method in ("dpfeta", "fetapro"):
         with pytest.raises(PrivacyBudgetError, match="central_images_mean"):
             central_images.run(params, paths, method)
-    assert not (tmp_path / "runs").exists() and not (tmp_path / ".easyhard").exists()
+    assert not (tmp_path / "runs").exists() and not (spend_store / "sources").exists()
     # the frequency release, planned with the central images, is refused the same way
     (paths.stage("fetapro", "central")).mkdir(parents=True)
     write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))
