@@ -108,7 +108,7 @@ def main() -> None:
 
         t = time.perf_counter()
         view = per_record(
-            store, source, delta=DELTA, accountant=args.accountant, detail=args.detail
+            store, source, delta=DELTA, accountant=args.view_accountant, detail=args.detail
         )
         per_record_s = time.perf_counter() - t
         print("\n".join(table(view)))

@@ -1,6 +1,7 @@
-"""No test writes into the user's real spend store: the session gets its own (module-scoped
-fixtures such as a whole tiny pipeline run are built before any function-scoped fixture), and
-every test a fresh, empty one. Pipeline subprocesses and notebook kernels inherit the variable."""
+"""No test writes into the user's real spend store: each test module gets its own (its
+module-scoped fixtures, such as a whole tiny pipeline run, are built before any function-scoped
+fixture), and each test a fresh, empty one. Pipeline subprocesses and notebook kernels inherit
+the variable."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import pytest
 from easyhard.privacy.spend import ENV_DIR
 
 
-@pytest.fixture(scope="session", autouse=True)
-def session_spend_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """``EASYHARD_SPEND_DIR`` for everything the session builds outside a test."""
-    store = tmp_path_factory.mktemp("session-spend-store")
+@pytest.fixture(scope="module", autouse=True)
+def module_spend_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``EASYHARD_SPEND_DIR`` for what a test module builds outside its tests."""
+    store = tmp_path_factory.mktemp("module-spend-store")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(ENV_DIR, str(store))
         yield store

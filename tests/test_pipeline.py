@@ -170,6 +170,15 @@ def test_the_non_private_ceiling_is_labelled_and_never_a_release(tiny_run):
     assert Ledger.load(tiny_run / "runs/nonprivate/ledger.json").mechanisms == []
     audit = json.loads((tiny_run / "runs/nonprivate/audit.json").read_text())
     assert audit["enabled"] is False
+    # its exact statistics and model are published: the source's published total is infinite
+    privacy = json.loads((tiny_run / "report/privacy.json").read_text())
+    assert privacy["dataset_epsilon"] is None and privacy["private"] is False
+    assert privacy["dataset_epsilon_infinite_because"] == [
+        "nonprivate/central: exact central statistics, published",
+        "nonprivate/finetune: non-private fine-tuning, model published",
+    ]
+    assert privacy["dataset_releases"] == 6  # dpfeta 2, dpdm 1, fetapro 3
+    assert privacy["dataset_epsilon_private_releases"] > TINY["privacy"]["epsilon"]
     assert 0.0 <= metrics["cnn_acc_mean"] <= 1.0
 
 

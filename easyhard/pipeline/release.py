@@ -1,12 +1,11 @@
 """What every stage that queries the sensitive data does around its mechanism.
 
 Before the query: check the data against the declared public size. For the query: a noise source
-that is secret unless seeded on purpose. After it: record the use in the data source's spend log (per user, shared by every clone).
+that is secret unless seeded on purpose. After it: record the use in the data source's spend log
+(per user, shared by every clone); the published total of the source reads only that log.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 from easyhard.config import Params
 from easyhard.config.choices import BUNDLED_DATASETS
@@ -84,10 +83,10 @@ def data_source(params: Params, paths: Paths) -> spend.Source:
     dataset is bundled with a package, the resolved ``data.root``. Seed, test fraction,
     ``max_per_class``, ``image_size``, split and label attribute only choose or label a split of
     the same records, so they are not part of it."""
-    name, root = params.data.name, Path(params.data.root)
-    if name in BUNDLED_DATASETS:
+    name = params.data.name
+    if name in BUNDLED_DATASETS:  # data.root is not read: editing it reruns no release
         return spend.Source(name=name, root=None)
-    return spend.Source(name=name, root=str((paths.root / root).resolve()))
+    return spend.Source(name=name, root=str((paths.root / params.data.root).resolve()))
 
 
 def _record(
