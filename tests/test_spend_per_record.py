@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from easyhard.privacy import Mechanism, compose_epsilon, spend
-from easyhard.privacy.per_record import maximal, view
+from easyhard.privacy.per_record import maximal, spent_per_group, view
 
 DELTA = 1e-5
 MECHS = [
@@ -84,3 +84,17 @@ def test_maximal_rows():
     rows = np.array([[1, 0], [0, 1], [1, 1], [2, 0], [0, 0]])
     assert sorted(maximal(rows)) == [2, 3]
     assert maximal(np.zeros((0, 2), dtype=np.int64)) == []
+
+
+@pytest.mark.parametrize("splits", [3, 70, 130])  # one, two and three 64-bit words
+def test_spent_per_group_against_a_loop(splits):
+    rng = np.random.default_rng(splits)
+    sets = [np.flatnonzero(rng.random(50) < 0.6).astype(np.uint64) for _ in range(splits)]
+    per_split = rng.integers(0, 5, size=(splits, 4))
+    groups, counts = spent_per_group(sets, per_split)
+    want: dict[int, np.ndarray] = {}
+    for s, members in enumerate(sets):
+        for r in members.tolist():
+            want[r] = want.get(r, 0) + per_split[s]
+    rows, n = np.unique(np.array(list(want.values())), axis=0, return_counts=True)
+    assert groups.tolist() == rows.tolist() and counts.tolist() == n.tolist()
