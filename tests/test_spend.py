@@ -297,7 +297,7 @@ def test_a_seeded_release_is_a_published_non_private_use(tmp_path, mnist):
     release.record_release(seeded, paths, "dpdm", "finetune", [SGD0])
     tot = release.dataset_total(params, paths)
     assert tot.epsilon == float("inf") and tot.reasons == (f"dpdm/finetune: {spend.SEEDED}",)
-    assert tot.non_private == 1 and tot.releases == 1
+    assert tot.non_private == 1 and tot.releases == 1 and tot.seeded == 1
 
 
 def test_training_fingerprint_is_keyed_and_exact(tmp_path, mnist, monkeypatch):

@@ -284,6 +284,7 @@ class Total:
     delta: float
     accountant: str
     releases: int  # DP releases, private or seeded
+    seeded: int  # DP releases whose noise was seeded (replayable): not private
     non_private: int  # non-private uses whose result was published (seeded releases included)
     kept_private: tuple[str, ...]  # non-private uses that stayed in the private zone
     reasons: tuple[str, ...]  # why epsilon is inf
@@ -308,6 +309,7 @@ def total(store: str | Path, source: str, *, delta: float, accountant: str) -> T
         delta=delta,
         accountant=accountant,
         releases=sum(1 for u in found if u.mechanisms),
+        seeded=sum(1 for u in found if u.mechanisms and not u.private),
         non_private=len(unbounded),
         kept_private=tuple(_describe(u) for u in found if not u.private and not u.published),
         reasons=unbounded,
