@@ -190,6 +190,15 @@ def test_the_non_private_ceiling_is_labelled_and_never_a_release(tiny_run):
     assert Ledger.load(tiny_run / "runs/nonprivate/ledger.json").mechanisms == []
     audit = json.loads((tiny_run / "runs/nonprivate/audit.json").read_text())
     assert audit["enabled"] is False
+    # its exact statistics and model are published: the source's published total is infinite
+    privacy = json.loads((tiny_run / "report/privacy.json").read_text())
+    assert privacy["dataset_epsilon"] is None and privacy["private"]  # every DP release is
+    assert privacy["dataset_epsilon_infinite_because"] == [
+        "nonprivate/central: exact central statistics, published",
+        "nonprivate/finetune: non-private fine-tuning, model published",
+    ]
+    assert privacy["dataset_releases"] == 6  # dpfeta 2, dpdm 1, fetapro 3
+    assert privacy["dataset_epsilon_private_releases"] > TINY["privacy"]["epsilon"]
     assert 0.0 <= metrics["cnn_acc_mean"] <= 1.0
 
 
@@ -264,7 +273,7 @@ def test_an_empty_class_folder_is_a_class_without_images(tmp_path):
     assert out["size_warning"].startswith("warning: the sensitive training set has")
 
 
-def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
+def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path, spend_store):
     """No query runs, no ledger is written and nothing is recorded when the fixed-noise easy
     stage would exhaust the budget (the whole release is planned before the first query)."""
     from easyhard.pipeline import central_images, frequency, prepare
@@ -278,7 +287,7 @@ def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path):
     for method in ("dpfeta", "fetapro"):
         with pytest.raises(PrivacyBudgetError, match="central_images_mean"):
             central_images.run(params, paths, method)
-    assert not (tmp_path / "runs").exists() and not (tmp_path / ".easyhard").exists()
+    assert not (tmp_path / "runs").exists() and not (spend_store / "sources").exists()
     # the frequency release, planned with the central images, is refused the same way
     (paths.stage("fetapro", "central")).mkdir(parents=True)
     write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))

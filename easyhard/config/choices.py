@@ -11,6 +11,7 @@ DATASETS = (
     "camelyon",
     "folder",
 )
+BUNDLED_DATASETS = ("mnist_offline", "digits")  # shipped with a package: data.root is not read
 OFFICIAL_SPLITS = ("mnist", "fashion_mnist", "cifar10", "celeba", "camelyon")
 CLASSIFIERS = ("cnn", "resnet", "logreg")  # downstream classifiers (easyhard.classifiers)
 ACCOUNTANTS = ("prv", "pld", "rdp")  # easyhard.privacy.accounting

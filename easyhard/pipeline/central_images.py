@@ -17,6 +17,7 @@ from easyhard.pipeline.release import (
     new_ledger,
     noise_for,
     plan,
+    record_nonprivate_use,
     record_release,
 )
 from easyhard.pipeline.zones import load_training
@@ -28,8 +29,8 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
 
     The whole release is planned before the data is touched (an impossible budget split stops
     here, in one line); the query is recorded in the dataset's spend log after. The non-private
-    ceiling computes the exact statistics (no noise), records nothing and writes an empty ledger
-    marked not private."""
+    ceiling computes the exact statistics (no noise), records that published non-private use and
+    writes an empty ledger marked not private."""
     row = method_row(method)
     train = load_training(paths)  # private zone
     ledger = new_ledger(params)
@@ -54,6 +55,10 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         if mech is not None:
             ledger.add(mech)
             record_release(params, paths, method, "central", [mech])
+        else:
+            record_nonprivate_use(
+                params, paths, method, "central", True, "exact central statistics, published"
+            )
         out["scale"] = ci.scale
         x, y = ci.x, ci.y
         per_class = min(cfg.queries, 8)

@@ -25,6 +25,7 @@ from easyhard.pipeline.release import (
     NOT_PRIVATE,
     is_private,
     noise_for,
+    record_nonprivate_use,
     record_release,
 )
 from easyhard.pipeline.runtime import compute_settings, device
@@ -128,6 +129,10 @@ def run(params: Params, paths: Paths, method: str, world: World = SINGLE_PROCESS
         return {"mechanism": mech, "ledger": ledger, "history": hist.rows, "figure": None}
     if mech is not None:
         record_release(params, paths, method, "finetune", [mech])
+    else:
+        record_nonprivate_use(
+            params, paths, method, "finetune", True, "non-private fine-tuning, model published"
+        )
     save_model(
         paths.model(method, "finetune"),
         ema.model,

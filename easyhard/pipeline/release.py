@@ -1,13 +1,15 @@
 """What every stage that queries the sensitive data does around its mechanism.
 
 Before the query: compare the data with the declared public size (a private warning, never a halt).
-For the query: a noise source that is secret unless seeded on purpose. After it: add the mechanisms
-to the data source's spend log.
+For the query: a noise source that is secret unless seeded on purpose. After it: record the use in
+the data source's spend log (per user, shared by every clone); the published total of the source
+reads only that log.
 """
 
 from __future__ import annotations
 
 from easyhard.config import Params
+from easyhard.config.choices import BUNDLED_DATASETS
 from easyhard.data import load_npz
 from easyhard.pipeline.methods import Method
 from easyhard.pipeline.paths import Paths
@@ -84,43 +86,100 @@ def noise_for(params: Params, stream: str, world: World = SINGLE_PROCESS) -> Noi
     return source
 
 
-def record_release(
-    params: Params, paths: Paths, method: str, stage: str, mechanisms: list[Mechanism]
-) -> None:
-    """Add this stage's mechanisms to the dataset's spend log (:mod:`easyhard.privacy.spend`)."""
-    train = load_npz(paths.train)
-    folder = spend.spend_dir(paths.root)
-    spend.record(
-        folder,
-        dataset=spend.fingerprint(train.x, train.y, folder),
+def data_source(params: Params, paths: Paths) -> spend.Source:
+    """The data source of this run, from its configuration only: ``data.name`` and, unless the
+    dataset is bundled with a package, the resolved ``data.root``. Seed, test fraction,
+    ``max_per_class``, ``image_size``, split and label attribute only choose or label a split of
+    the same records, so they are not part of it."""
+    name = params.data.name
+    if name in BUNDLED_DATASETS:  # data.root is not read: editing it reruns no release
+        return spend.Source(name=name, root=None)
+    return spend.Source(name=name, root=str((paths.root / params.data.root).resolve()))
+
+
+def _record(
+    params: Params,
+    paths: Paths,
+    method: str,
+    stage: str,
+    mechanisms: list[Mechanism],
+    *,
+    private: bool,
+    published: bool,
+    reason: str,
+) -> spend.Use:
+    """Record one use of the training split in the per-user store (:mod:`easyhard.privacy.spend`)
+    with its keyed record ids; the held-out split's ids join the source's fingerprint."""
+    store = spend.store_dir()
+    key = spend.store_key(store)
+    train_ids = spend.record_ids(load_training(paths).x, key)
+    seen = [train_ids] + (
+        [spend.record_ids(load_npz(paths.test).x, key)] if paths.test.is_file() else []
+    )
+    return spend.record(
+        store,
+        data_source(params, paths),
         method=method,
         stage=stage,
         mechanisms=mechanisms,
-        private=is_private(params),
+        private=private,
+        published=published,
+        reason=reason,
+        train_ids=train_ids,
+        seen_ids=seen,
     )
+
+
+def record_release(
+    params: Params, paths: Paths, method: str, stage: str, mechanisms: list[Mechanism]
+) -> None:
+    """Add this stage's DP mechanisms to its data source's spend log; a seeded release (replayable
+    noise, published) is recorded as a published non-private use."""
+    private = is_private(params)
+    _record(
+        params,
+        paths,
+        method,
+        stage,
+        mechanisms,
+        private=private,
+        published=True,
+        reason="" if private else spend.SEEDED,
+    )
+
+
+def record_nonprivate_use(
+    params: Params, paths: Paths, method: str, stage: str, published: bool, reason: str
+) -> None:
+    """Record a use of the training records without DP (exact statistics, plain SGD, a membership
+    diagnostic). ``published``: its result left the private zone, which makes the source's
+    published total infinite; otherwise the use is only listed for the owner."""
+    _record(params, paths, method, stage, [], private=False, published=published, reason=reason)
 
 
 def dataset_total(params: Params, paths: Paths) -> spend.Total:
-    """Everything released so far from this run's sensitive training set, composed."""
-    train = load_npz(paths.train)
-    folder = spend.spend_dir(paths.root)
+    """The published total of this run's data source: every private release recorded for it,
+    composed. It reads the list of releases only, never the data, so it reveals nothing about
+    which records any release used (the owner's per-record view: ``privacy total --per-record``)."""
     return spend.total(
-        folder,
+        spend.store_dir(),
+        data_source(params, paths).id,
         delta=params.privacy.delta,
         accountant=params.privacy.accountant,
-        dataset=spend.fingerprint(train.x, train.y, folder),
     )
+
+
+def training_fingerprint(params: Params, paths: Paths) -> str:
+    """Keyed (store key) HMAC-SHA256 hex digest of the training split exactly as stored: a value a
+    public file can hold for DVC to depend on, in place of the training file's bytes. Without the
+    key it is indistinguishable from random: it reveals only whether the data changed."""
+    train = load_training(paths)
+    digest = spend.split_fingerprint(
+        train.x, train.y, train.classes, spend.store_key(spend.store_dir())
+    )
+    return replay.held("training_fingerprint", digest)
 
 
 def finite(value: float) -> float | None:
     """JSON has no infinity: an unbounded epsilon (a non-private release was made) becomes null."""
     return value if value != float("inf") else None
-
-
-def training_fingerprint(params: Params, paths: Paths) -> str:
-    """A keyed fingerprint of the training split (the spend log's secret key): what the stages that
-    read the sensitive data depend on in ``dvc.lock``, instead of the file's bytes. Without the key
-    it is indistinguishable from random, so it reveals nothing but whether the data changed."""
-    train = load_training(paths)
-    folder = spend.spend_dir(paths.root)
-    return replay.held("training_fingerprint", spend.fingerprint(train.x, train.y, folder))

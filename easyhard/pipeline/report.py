@@ -49,12 +49,13 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
     total = dataset_total(params, paths)
     privacy = {
         # every DP release private (the non-private ceiling is not a release)
-        "private": not total.non_private
+        "private": not total.seeded
         and all(metrics[m].get("private", False) for m in params.methods if method_row(m).private),
         "dataset_epsilon": finite(total.epsilon),
         "dataset_epsilon_private_releases": total.epsilon_private,
         "dataset_releases": total.releases,
-        "dataset_non_private_releases": total.non_private,
+        "dataset_published_non_private_uses": total.non_private,
+        "dataset_epsilon_infinite_because": list(total.reasons),
         "delta": params.privacy.delta,
         "accountant": params.privacy.accountant,
         **{f"{m}_epsilon": metrics[m]["epsilon"] for m in params.methods},
