@@ -41,7 +41,8 @@ from easyhard.io import save_figure, write_json
 from easyhard.modelfile import build_denoiser, load_model
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.release import NOT_PRIVATE, noise_for, plan
+from easyhard.pipeline.zones import load_training
+from easyhard.pipeline.release import NOT_PRIVATE, noise_for, plan, record_nonprivate_use
 from easyhard.pipeline.runtime import compute_settings, device
 from easyhard.plots import audit_figure
 from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, compose_epsilon
@@ -269,7 +270,7 @@ def blackbox(params: Params, paths: Paths, method: str) -> str:
     figure to the private zone (an exact function of training images); returns the file's path."""
     from scipy.stats import rankdata
 
-    train, test = load_npz(paths.train), load_npz(paths.test)
+    train, test = load_training(paths), load_npz(paths.test)
     n = min(params.audit.blackbox_count, len(train), len(test))
     rng = np.random.default_rng(params.seed)
     tr = np.sort(rng.permutation(len(train))[:n])
@@ -288,5 +289,8 @@ def blackbox(params: Params, paths: Paths, method: str) -> str:
     write_json(
         paths.membership(method),
         {"blackbox_auc": float(auc), "blackbox_count": n, "note": NOT_PRIVATE},
+    )
+    record_nonprivate_use(
+        params, paths, method, "audit", published=False, reason="membership AUC (private zone)"
     )
     return str(paths.membership(method))
