@@ -41,9 +41,9 @@ from easyhard.io import save_figure, write_json
 from easyhard.modelfile import build_denoiser, load_model
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.zones import load_training
 from easyhard.pipeline.release import NOT_PRIVATE, noise_for, plan, record_nonprivate_use
 from easyhard.pipeline.runtime import compute_settings, device
+from easyhard.pipeline.zones import load_training
 from easyhard.plots import audit_figure
 from easyhard.privacy import Ledger, Mechanism, calibrate_noise_multiplier, compose_epsilon
 from easyhard.privacy.audit import FAIL, best_guesses, canaries_needed, max_epsilon, verdict
