@@ -112,7 +112,7 @@ class AuditConfig:
     ``resolvable_epsilon`` is the budget of the second run (sigma calibrated for it, the release's
     q, T, C), which m canaries can resolve; ``channels`` / ``attention`` the audit's network (the
     release's layer types, ``network``'s other keys); ``resume``: each run is cut once mid-way and
-    resumed from its last checkpoint (needs ``finetune.checkpoint_every`` > 0).
+    resumed from its last checkpoint (``finetune.checkpoint_every``; from the start without one).
     """
 
     enabled: bool
