@@ -244,7 +244,9 @@ def test_post_processing_no_private_file_is_hashed_tracked_or_pushed(runs):
     assert any(p.name == "train.npz" for p in private)
     md5s = {hashlib.md5(p.read_bytes()).hexdigest() for p in private}
     lock = (a / "dvc.lock").read_text()
-    assert "private/" not in lock
+    for stage in yaml.safe_load(lock)["stages"].values():  # commands may name private paths
+        for entry in [*stage.get("deps", []), *stage.get("outs", [])]:
+            assert not entry["path"].startswith("private"), entry["path"]
     assert not [m for m in md5s if m in lock]
     tracked = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
@@ -284,8 +286,8 @@ def _patch(repo: Path, rel: str, old: str, new: str) -> None:
 
 
 def _leak_progress_bar(repo: Path) -> list[str]:
-    """The runner's guard removed: DP fine-tuning's progress bar (B = realised batch size) is
-    echoed into the run's log like a public stage's."""
+    """The runner's guards removed (every stage treated as public): DP fine-tuning's progress bar
+    (B = realised batch size) is echoed into the run's log like a public stage's."""
     _patch(
         repo,
         "easyhard/pipeline/zones.py",
@@ -298,6 +300,7 @@ def _leak_progress_bar(repo: Path) -> list[str]:
         '    if zone_of(notebook) != "private":\n        return',
         "    return",
     )
+    _patch(repo, "easyhard/pipeline/zones.py", '== "public":', '== "never":')
     return ["finetune@fetapro", "--single-item", "--force"]
 
 

@@ -63,6 +63,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """Audit ``method``'s release: write ``runs/<method>/audit.json`` (public metric), the canary
     figure, and the black-box diagnostic (private zone); raise :class:`AuditFailure` on a fail."""
     cfg = params.audit
+    paths.stage(method, "audit").mkdir(parents=True, exist_ok=True)  # the stage's DVC output
     if not method_row(method).private:  # the ceiling: no DP claim to audit
         out = {"enabled": False, "private": False, "note": "non-private ceiling: not a release"}
         write_json(paths.audit_metrics(method), out)
