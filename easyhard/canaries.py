@@ -258,7 +258,10 @@ def canary_finetune(
     ckpt = None
     if checkpoint_path is not None:
         ckpt = Checkpointer(
-            checkpoint_path, cfg.checkpoint_every, f"audit-{coin_seed}-{noise_multiplier}"
+            checkpoint_path,
+            cfg.checkpoint_every,
+            f"audit-{coin_seed}-{noise_multiplier}",
+            "secure" if noise.private else "seeded",
         )
         ckpt.clear()
     state = {k: v.clone() for k, v in denoiser.state_dict().items()}

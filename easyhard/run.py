@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,11 @@ def run_notebook(
     zone = zones.zone_of(notebook)
     if zone == "private":
         with _into_file(private_log(root, output)):
-            _execute(notebook, output, root, extra, zone, progress=False)
+            try:
+                _execute(notebook, output, root, extra, zone, progress=False)
+            except BaseException:  # the whole error, for the data holder: into the private log
+                traceback.print_exc()
+                raise
     else:
         _execute(notebook, output, root, extra, zone, progress)
 
