@@ -40,7 +40,7 @@ TEST_FRACTION = 0.2
 TINY = {
     "methods": ["fetapro"],  # its stages are a superset of every other method's
     "data": {"name": "folder", "root": "private/raw", "test_fraction": TEST_FRACTION},
-    "privacy": {"epsilon": 5.0, "delta": 1.0e-3, "dataset_size": 240, "randomness": "seeded"},
+    "privacy": {"epsilon": 5.0, "delta": 1.0e-3, "dataset_size": 240, "randomness": "secure"},
     "central": {"queries": 2, "downsample": 2, "sample_rate": 0.5, "budget_share": 0.1},
     "network": {"channels": [8, 16], "attention": [False, True], "norm_groups": 4},
     "edm": {"noise_multiplicity": 2},

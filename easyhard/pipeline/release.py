@@ -55,8 +55,9 @@ def plan(params: Params, method: Method) -> Plan:
 
 
 def is_private(params: Params) -> bool:
-    """Whether this run's noise is secret (``privacy.randomness: secure``)."""
-    return params.privacy.randomness == "secure"
+    """Whether this run's noise is secret: ``privacy.randomness: secure`` and no test replay (which
+    writes every draw to disk)."""
+    return params.privacy.randomness == "secure" and replay.active() is None
 
 
 def new_ledger(params: Params) -> Ledger:
@@ -75,13 +76,11 @@ def noise_for(params: Params, stream: str, world: World = SINGLE_PROCESS) -> Noi
     Data-parallel ranks share one secret key, sent from rank 0 in memory, so they add the same
     noise and draw the same Poisson masks."""
     key = None
-    if is_private(params) and world.size > 1:
+    if params.privacy.randomness == "secure" and world.size > 1:
         key = world.broadcast_bytes(SecureSource.shared_key() if world.is_main else None)
     source = noise_source(params.privacy.randomness, params.seed, stream, key)
     test_replay = replay.active()
     if test_replay is not None:  # tests/test_post_processing.py only (never params.yaml)
-        if is_private(params):
-            raise ValueError("the test replay of releases needs privacy.randomness: seeded")
         return replay.ReplaySource(source, *test_replay, stream)
     return source
 

@@ -17,8 +17,10 @@ diagnostics, exact statistics) is free to differ:
 
 It is switched on only by the environment variable ``EASYHARD_TEST_REPLAY`` =
 ``record:<folder>`` or ``replay:<folder>`` (with ``EASYHARD_TEST_REPLAY_INSERT`` = x*'s index in
-the training split of run 2), only with ``privacy.randomness: seeded`` (its releases are marked not
-private), and never by ``params.yaml``.
+the training split of run 2), never by ``params.yaml``. It wraps whichever source
+``privacy.randomness`` names (the audit fails a seeded run outright, so the test uses ``secure``);
+since every draw is written to disk, a run with the replay on is never private
+(``easyhard.pipeline.release.is_private``): its ledgers and metrics say ``"private": false``.
 """
 
 from __future__ import annotations
