@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from easyhard.config import ConfigError, Params, defaults
+from easyhard.config import WARMUP_SECTIONS, ConfigError, Params, defaults
 from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.release import plan
 from easyhard.privacy import compose_epsilon
@@ -72,6 +72,25 @@ def test_shares_that_leave_dp_sgd_nothing_are_refused_in_one_line():
     with pytest.raises(ConfigError) as e:
         _params(10.0, central={"budget_share": 0.6}, frequency={"budget_share": 0.5})
     assert "leaves DP-SGD no privacy budget" in str(e.value) and "\n" not in str(e.value)
+    assert "fetapro" in str(e.value)
+
+
+def test_shares_of_warmups_no_chosen_method_runs_are_not_summed():
+    """DP-FETA never runs the frequency release: its share is not added to central's."""
+    over = {"central": {"budget_share": 0.95}, "frequency": {"budget_share": 0.1}}
+    p = _params(10.0, methods=["dpfeta"], **over)
+    release = plan(p, METHODS["dpfeta"])
+    assert [m.name for m in release.mechanisms] == ["central_images_mean", "dp_sgd"]
+    assert compose_epsilon(list(release.mechanisms), 1e-5, "prv") <= 10.0
+    _params(10.0, methods=["dpdm", "nonprivate"], central={"budget_share": 0.99})
+    with pytest.raises(ConfigError, match="fetapro"):  # FETA-Pro runs both: refused
+        _params(10.0, methods=["dpfeta", "fetapro"], **over)
+
+
+def test_the_method_table_agrees_with_the_shares_config_checks():
+    for name, row in METHODS.items():
+        spent = ("central",) * row.central_images + ("frequency",) * row.frequency
+        assert WARMUP_SECTIONS[name] == (spent if row.private else ()) == row.warmup_sections
 
 
 def test_fixed_and_shared_noise_cannot_both_be_set():
