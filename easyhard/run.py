@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from easyhard.config import load_params
+from easyhard.config import METHODS, load_params
 from easyhard.pipeline.zones import ZoneError
 from easyhard.schema import ConfigError
 
@@ -194,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easyhard.run", description=__doc__.splitlines()[0])
     ap.add_argument("notebook")
     ap.add_argument("output")
-    ap.add_argument("--method", help="method parameter for per-method stages (see params.yaml)")
+    ap.add_argument(
+        "--method",
+        help="the method of a per-method stage: " + " | ".join(METHODS) + " (params.yaml methods)",
+    )
     ap.add_argument("--root", default=".", help="repository root holding params.yaml")
     args = ap.parse_args(argv)
     extra = {"method": args.method} if args.method else {}

@@ -33,3 +33,27 @@ def test_a_failing_public_stage_ends_with_its_one_line_error(tmp_path):
     assert "Executing" not in both and "100%" not in both
     assert "TCP without encryption" not in both and "[IPKernelApp] WARNING" not in both
     assert not (tmp_path / out).exists()
+
+
+def test_parameter_cells_and_the_runner_name_every_method():
+    import json
+
+    from easyhard.config import METHODS
+
+    listed = " | ".join(METHODS)
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        lines = [ln for c in cells for ln in c["source"] if ln.startswith("method = ")]
+        for line in lines:
+            assert f"# {listed} " in line, (path.name, line)
+
+
+def test_the_runner_help_names_every_method(capsys):
+    import pytest
+
+    from easyhard.config import METHODS
+    from easyhard.run import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert " | ".join(METHODS) in " ".join(capsys.readouterr().out.split())
