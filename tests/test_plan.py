@@ -98,3 +98,25 @@ def test_fixed_and_shared_noise_cannot_both_be_set():
         replace(DEFAULTS.central, noise_multiplier=5.0)
     fixed = replace(DEFAULTS.central, noise_multiplier=5.0, budget_share=None)
     assert fixed.noise_multiplier == 5.0
+
+
+def test_plan_params_ends_with_one_json_line_for_every_method(tmp_path, capsys):
+    """`python -m easyhard.privacy plan --params`: the last line is JSON with each method's epsilon
+    and DP-SGD noise (the ceiling: null, not a release); a DP-FETA-only file with
+    central.budget_share 0.95 is planned, not refused for the frequency share it never spends."""
+    import json
+
+    import yaml
+
+    from easyhard.privacy.__main__ import main
+
+    over = {"methods": ["dpfeta", "nonprivate"], "central": {"budget_share": 0.95}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(to_dict(DEFAULTS), over)))
+    assert main(["plan", "--params", str(path)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(last) == ["dpfeta", "nonprivate"]
+    assert last["nonprivate"] == {"epsilon": None, "noise_multiplier": None, "mechanisms": []}
+    assert 0.99 * 10 <= last["dpfeta"]["epsilon"] <= 10
+    assert last["dpfeta"]["mechanisms"] == ["central_images_mean", "dp_sgd"]
+    assert last["dpfeta"]["noise_multiplier"] > 0
