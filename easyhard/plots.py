@@ -48,10 +48,19 @@ def side_by_side(
 ) -> Figure:
     """Several labelled image sets as grids next to each other (e.g. each method's central images
     beside its samples), titled by their keys, a row per class named on the left of the first."""
-    n = len(grids)
-    fig, axes = plt.subplots(1, n, figsize=(n * (0.4 * per_class + 0.5), 0.4 * len(classes) + 0.8))
+    # each panel as wide as its fullest class (e.g. a few central images beside 8 samples)
+    cols = [
+        max(1, min(per_class, max((int(np.sum(y == k)) for k in range(len(classes))), default=1)))
+        for _, y in grids.values()
+    ]
+    fig, axes = plt.subplots(
+        1,
+        len(grids),
+        figsize=(0.4 * sum(cols) + 0.5 * len(grids), 0.4 * len(classes) + 0.8),
+        gridspec_kw={"width_ratios": cols},
+    )
     for i, (ax, (name, (x, y))) in enumerate(zip(np.atleast_1d(axes), grids.items(), strict=True)):
-        img = grid_image(x, y, len(classes), per_class)
+        img = grid_image(x, y, len(classes), cols[i])
         h = x.shape[2] + 1
         ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
         ax.set_title(name, fontsize=9)

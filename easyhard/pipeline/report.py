@@ -140,9 +140,9 @@ def _image_panels(params: Params, paths: Paths) -> dict[str, tuple[np.ndarray, n
         title = method_row(m).title
         with np.load(paths.central(m)) as f:
             if len(f["y"]):
-                panels[f"{title}: central images"] = (f["x"], f["y"])
+                panels[f"{title}\ncentral images"] = (f["x"], f["y"])
         s = load_npz(paths.samples(m))
-        panels[f"{title}: samples"] = (s.x, s.y)
+        panels[f"{title}\nsamples"] = (s.x, s.y)
     return panels
 
 
@@ -165,9 +165,10 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         metrics[m].get("private", False) for m in params.methods if method_row(m).private
     )
     # the DVC metric: two numbers (the table of `dvc metrics show` stays narrow)
-    privacy = {"epsilon": finite(total.epsilon), "private": all_private}
+    eps = finite(total.epsilon)
+    privacy = {"epsilon": None if eps is None else round(eps, 3), "private": all_private}
     dataset = {
-        "epsilon": finite(total.epsilon),
+        "epsilon": eps,
         "epsilon_private_releases": total.epsilon_private,
         "mechanisms": len(total.mechanisms),
         "non_private_records": total.non_private,
