@@ -46,14 +46,31 @@ def grid_figure(
 def side_by_side(
     grids: Mapping[str, tuple[np.ndarray, np.ndarray]], classes: Sequence[str], per_class: int = 8
 ) -> Figure:
-    """Several labelled image sets as grids next to each other (e.g. DP-FETA vs DPDM samples)."""
-    n = len(grids)
-    fig, axes = plt.subplots(1, n, figsize=(n * (0.4 * per_class + 0.5), 0.4 * len(classes) + 0.6))
-    for ax, (name, (x, y)) in zip(np.atleast_1d(axes), grids.items(), strict=True):
-        img = grid_image(x, y, len(classes), per_class)
+    """Several labelled image sets as grids next to each other (e.g. each method's central images
+    beside its samples), titled by their keys, a row per class named on the left of the first."""
+    # each panel as wide as its fullest class (e.g. a few central images beside 8 samples)
+    cols = [
+        max(1, min(per_class, max((int(np.sum(y == k)) for k in range(len(classes))), default=1)))
+        for _, y in grids.values()
+    ]
+    fig, axes = plt.subplots(
+        1,
+        len(grids),
+        figsize=(0.4 * sum(cols) + 0.5 * len(grids), 0.4 * len(classes) + 0.8),
+        gridspec_kw={"width_ratios": cols},
+    )
+    for i, (ax, (name, (x, y))) in enumerate(zip(np.atleast_1d(axes), grids.items(), strict=True)):
+        img = grid_image(x, y, len(classes), cols[i])
+        h = x.shape[2] + 1
         ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ticks = [1 + k * h + h / 2 - 1 for k in range(len(classes))]
+        ax.set_yticks(ticks, list(classes) if i == 0 else [], fontsize=7)
+        ax.tick_params(length=0)
+        for s in ax.spines.values():
+            s.set_visible(False)
+    fig.tight_layout()
     return fig
 
 
@@ -72,20 +89,28 @@ def loss_figure(curves: Mapping[str, Sequence[Mapping[str, float]]], title: str 
     return fig
 
 
-def comparison_bars(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[str]) -> Figure:
-    """One bar chart per metric key, a bar per method (a missing / null value, e.g. the non-private
-    ceiling's epsilon, is shown as an empty slot labelled "inf")."""
-    methods = list(metrics)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.0 * len(keys), 3.0))
+def comparison_bars(
+    values: Mapping[str, Sequence[float | None]],
+    errors: Mapping[str, Sequence[float | None]],
+    methods: Sequence[str],
+    titles: Mapping[str, str],
+) -> Figure:
+    """One bar chart per metric (``values[key]``: one value per method), error bars from
+    ``errors[key]`` where given, titled by ``titles[key]`` (which says ↑ or ↓). A missing value
+    (None) is an empty slot labelled "n/a"."""
+    keys = list(values)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
-        raw = [metrics[m].get(key) for m in methods]
+        raw = list(values[key])
         vals = [np.nan if v is None else float(v) for v in raw]
-        bars = ax.bar(methods, vals, color=colors[: len(methods)])
-        labels = ["inf" if v is None and key.startswith("epsilon") else f"{v:.3g}" for v in raw]
-        ax.bar_label(bars, labels=labels, fontsize=8)
-        ax.tick_params(axis="x", labelrotation=30)
-        ax.set_title(key, fontsize=10)
+        err = errors.get(key)
+        yerr = None if err is None else [0.0 if e is None else float(e) for e in err]
+        bars = ax.bar(methods, vals, yerr=yerr, capsize=4, color=colors[: len(methods)])
+        labels = ["n/a" if v is None else f"{v:.3g}" for v in raw]
+        ax.bar_label(bars, labels=labels, fontsize=8, label_type="center")
+        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
+        ax.set_title(titles[key], fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -94,36 +119,39 @@ def comparison_bars(metrics: Mapping[str, Mapping[str, float]], keys: Sequence[s
 def quality_vs_epsilon_figure(
     rows: Sequence[Mapping[str, object]], classifiers: Sequence[str] = CLASSIFIERS
 ) -> Figure:
-    """FID (left) and downstream accuracy (right, mean +- std per classifier) against the target ε,
-    one line per method. ``rows``: dicts with ``method``, ``target_epsilon``, ``fid`` and
-    ``<classifier>_acc_mean`` / ``_acc_std`` (see :func:`easyhard.sweep.collect`)."""
+    """FID (left) and downstream accuracy (right, mean ± std over classifier seeds per classifier)
+    against the target ε, one line per method; a method with no ε (the non-private ceiling) is a
+    horizontal dashed line at its mean. ``rows``: :func:`easyhard.sweep.rows_from_exp_show` rows
+    (``method``, ``target_epsilon``, ``epsilon``, ``fid``, ``<classifier>``, ``<classifier>_sd``)."""
     methods = sorted({str(r["method"]) for r in rows})
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = ["o", "s", "^", "D", "v"]
     for i, m in enumerate(methods):
         rs = sorted((r for r in rows if r["method"] == m), key=lambda r: float(r["target_epsilon"]))
-        eps = [float(r["target_epsilon"]) for r in rs]
         c = colors[i % len(colors)]
-        if any("fid" in r for r in rs):
-            ax_fid.plot(eps, [float(r.get("fid", np.nan)) for r in rs], "o-", color=c, label=m)
+        if all(r.get("epsilon") is None for r in rs):  # not private: no ε to plot against
+            _ceiling_lines(ax_fid, ax_acc, rs, classifiers, c, m)
+            continue
+        eps = [float(r["target_epsilon"]) for r in rs]
+        if any(r.get("fid") is not None for r in rs):
+            ax_fid.plot(eps, [_num(r.get("fid")) for r in rs], "o-", color=c, label=m)
         for j, name in enumerate(classifiers):
-            key = f"{name}_acc_mean"
-            if not any(key in r for r in rs):
+            if not any(r.get(name) is not None for r in rs):
                 continue
-            mean = [float(r.get(key, np.nan)) for r in rs]
-            std = [float(r.get(f"{name}_acc_std", 0.0)) for r in rs]
             ax_acc.errorbar(
                 eps,
-                mean,
-                yerr=std,
+                [_num(r.get(name)) for r in rs],
+                yerr=[_num(r.get(f"{name}_sd"), 0.0) for r in rs],
                 color=c,
                 marker=markers[j % len(markers)],
                 capsize=3,
                 ls=["-", "--", ":"][j % 3],
                 label=f"{m} {name}",
             )
-    for ax, label in ((ax_fid, "FID ↓"), (ax_acc, "accuracy on real test ↑")):
+    ax_fid.set_title("FID to held-out real images (lower is better)", fontsize=9)
+    ax_acc.set_title("accuracy on real test images (± over classifier seeds)", fontsize=9)
+    for ax, label in ((ax_fid, "FID ↓"), (ax_acc, "accuracy ↑")):
         ax.set_xscale("log")
         ax.set_xlabel("ε (target)")
         ax.set_ylabel(label)
@@ -132,6 +160,23 @@ def quality_vs_epsilon_figure(
             ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _num(value: object, missing: float = np.nan) -> float:
+    return missing if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _ceiling_lines(ax_fid, ax_acc, rs, classifiers, color, name) -> None:  # noqa: ANN001
+    """The non-private ceiling's means as horizontal dashed lines (it has no ε)."""
+    fids = [_num(r.get("fid")) for r in rs]
+    if fids:
+        ax_fid.axhline(np.nanmean(fids), color=color, ls="--", label=f"{name} (not private)")
+    for c in classifiers:
+        accs = [_num(r.get(c)) for r in rs]
+        if accs and not np.all(np.isnan(accs)):
+            ax_acc.axhline(
+                np.nanmean(accs), color=color, ls="--", lw=1, label=f"{name} {c} (not private)"
+            )
 
 
 def audit_figure(

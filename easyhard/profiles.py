@@ -5,7 +5,7 @@ A profile file holds only the keys it overrides, an optional ``base`` (another p
 and a ``profile`` block of metadata that is not a parameter: the dataset, the published numbers
 (DPImageBench), the published network size and estimated GPU cost. Its method is ``methods``. ::
 
-    python -m easyhard.profiles list                 # names, one line each
+    python -m easyhard.profiles list                 # an aligned table: name, methods, ε, dataset
     python -m easyhard.profiles check [NAME ...]     # validate + plan each method's privacy budget
     python -m easyhard.profiles show NAME            # the merged params as YAML
     python -m easyhard.profiles apply NAME           # write them to params.yaml (validated first)
@@ -188,6 +188,24 @@ def table(base: Mapping[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def listing(base: Mapping[str, Any]) -> list[str]:
+    """An aligned plain-text table, one line per profile: its name, the methods it runs, its
+    ``privacy.epsilon`` and its dataset (the merged values, so two profiles that differ only in ε
+    read differently)."""
+    rows = [("profile", "methods", "ε", "dataset")]
+    for n in names():
+        prof = load(n)
+        merged = prof.merged(base)
+        eps = (merged.get("privacy") or {}).get("epsilon")
+        methods = ", ".join(merged.get("methods") or [])
+        rows.append((n, methods, _fmt(eps), str(prof.meta.get("dataset", ""))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(r[:3], widths, strict=True)) + "  " + r[3]
+        for r in rows
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m easyhard.profiles", description=__doc__.splitlines()[0]
@@ -205,9 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if args.cmd == "list":
-            for n in names():
-                meta = load(n).meta
-                print(f"{n:16s} {meta.get('dataset', '')}")
+            print("\n".join(listing(read_base(args.params))))
         elif args.cmd == "check":
             base = read_base(args.params)
             for n in args.names or names():

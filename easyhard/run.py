@@ -13,6 +13,10 @@ write to stdout and stderr sent to ``private/logs/``; the terminal (and so ``dvc
 gets one line saying where to look. Public stages echo their cells' output. Saved notebooks keep no
 wall-clock times, and each cell's progress bar is stored as its final line only
 (:func:`tidy_notebook`), so an executed notebook is a function of its inputs.
+
+The kernel talks to papermill over Unix-domain sockets in a fresh ``0700`` temporary folder
+(:func:`_ipc_kernel`), not over localhost TCP, whose plain-text traffic any local user could read
+(and which makes ipykernel warn on every stage).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from easyhard.config import load_params
+from easyhard.config import METHODS, load_params
 from easyhard.pipeline.zones import ZoneError
 from easyhard.schema import ConfigError
 
@@ -160,16 +164,18 @@ def _execute(
     output.unlink(missing_ok=True)
     failed.unlink(missing_ok=True)
     try:
-        pm.execute_notebook(
-            str(notebook),
-            str(tmp),
-            parameters=dict(extra or {}),
-            cwd=str(root),
-            progress_bar=progress,
-            log_output=True,
-            stdout_file=sys.stdout,
-            stderr_file=sys.stderr,
-        )
+        with _ipc_kernel() as kernel_config:
+            pm.execute_notebook(
+                str(notebook),
+                str(tmp),
+                parameters=dict(extra or {}),
+                cwd=str(root),
+                progress_bar=progress,
+                log_output=True,
+                stdout_file=sys.stdout,
+                stderr_file=sys.stderr,
+                config=kernel_config,
+            )
     except BaseException:
         if tmp.exists():
             os.replace(tmp, failed)
@@ -179,11 +185,25 @@ def _execute(
     os.replace(tmp, output)
 
 
+@contextlib.contextmanager
+def _ipc_kernel() -> Iterator[Any]:
+    """A kernel-manager config for IPC transport, its sockets in a private temporary folder."""
+    import tempfile
+
+    from traitlets.config import Config
+
+    with tempfile.TemporaryDirectory(prefix="easyhard-kernel-") as folder:  # mode 0700
+        yield Config({"KernelManager": {"transport": "ipc", "ip": str(Path(folder) / "kernel")}})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m easyhard.run", description=__doc__.splitlines()[0])
     ap.add_argument("notebook")
     ap.add_argument("output")
-    ap.add_argument("--method", help="method parameter for per-method stages (see params.yaml)")
+    ap.add_argument(
+        "--method",
+        help="the method of a per-method stage: " + " | ".join(METHODS) + " (params.yaml methods)",
+    )
     ap.add_argument("--root", default=".", help="repository root holding params.yaml")
     args = ap.parse_args(argv)
     extra = {"method": args.method} if args.method else {}

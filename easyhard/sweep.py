@@ -6,7 +6,13 @@
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
 
 Writes ``report/sweep/sweep.json`` (one row per experiment and method), ``quality_vs_epsilon.png``
-(FID and downstream accuracy against the target ε, one line per method) and prints a markdown table.
+(FID and downstream accuracy against the target ε, one line per method; the non-private ceiling,
+which has no ε, as a horizontal line) and prints a markdown table.
+
+A row holds the keys of ``runs/<method>/metrics.json`` (:func:`easyhard.pipeline.evaluate.headline`:
+``epsilon``, ``private``, ``fid``, ``<classifier>``, ``<classifier>_sd``) plus ``experiment``,
+``method`` and ``target_epsilon``: the params' ``privacy.epsilon`` for DVC experiments, else
+``target_epsilon`` of the ``evaluate/details.json`` beside the metrics file.
 """
 
 from __future__ import annotations
@@ -41,10 +47,9 @@ def _metric_rows(
         data = result.get("data") if isinstance(result, Mapping) else None
         if not data or len(parts) < 3 or parts[-3] != "runs" or parts[-1] != "metrics.json":
             continue
-        eps = target if target is not None else data.get("target_epsilon")
-        if eps is None:
+        if target is None:
             continue
-        rows.append({"experiment": exp, "method": parts[-2], "target_epsilon": float(eps), **data})
+        rows.append({"experiment": exp, "method": parts[-2], **data, "target_epsilon": target})
     return rows
 
 
@@ -60,6 +65,7 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         seen.add(state["rev"])
         params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
         target = (params.get("privacy") or {}).get("epsilon")
+        target = None if target is None else float(target)
         rev = str(state["rev"])
         name = state.get("name") or (rev[:7] if len(rev) == 40 else rev)  # e.g. "workspace"
         rows.extend(_metric_rows(data.get("metrics") or {}, name, target))
@@ -67,40 +73,61 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
 
 
 def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """One row per ``.../runs/<method>/metrics.json`` file (its ``target_epsilon`` is the ε)."""
+    """One row per ``.../runs/<method>/metrics.json`` file; its target ε is read from the
+    ``evaluate/details.json`` the evaluate stage wrote beside it."""
     rows: list[dict[str, Any]] = []
     for p in paths:
         p = Path(p)
         if not p.is_file():
             raise FileNotFoundError(f"metrics file not found: {p}")
+        details = p.parent / "evaluate" / "details.json"
+        if not details.is_file():
+            raise FileNotFoundError(
+                f"{details} not found (the evaluate stage writes it beside {p})"
+            )
+        target = json.loads(details.read_text()).get("target_epsilon")
+        if target is None:
+            raise ValueError(f"{details} has no target_epsilon (not an evaluate-stage file)")
         data = json.loads(p.read_text())
-        if "target_epsilon" not in data:
-            raise ValueError(f"{p} has no target_epsilon (not an evaluate-stage metrics file)")
-        method = p.parent.name
         rows.append(
-            {"experiment": str(p.parent.parent.parent), "method": method, **data}
-            | {"target_epsilon": float(data["target_epsilon"])}
+            {"experiment": str(p.parent.parent.parent), "method": p.parent.name, **data}
+            | {"target_epsilon": float(target)}
         )
     return rows
+
+
+def _ceiling(row: Mapping[str, Any]) -> bool:
+    """The non-private ceiling: no epsilon at all (a seeded run still has one)."""
+    return row.get("epsilon") is None
 
 
 def markdown_table(
     rows: Sequence[Mapping[str, Any]], classifiers: Sequence[str] = CLASSIFIERS
 ) -> list[str]:
-    """A markdown table: experiment, method, ε target / spent, FID, accuracy mean ± std."""
-    head = ["experiment", "method", "ε target", "ε spent", "FID", *classifiers]
+    """A markdown table: experiment, method, ε target / spent (∞ for the non-private ceiling,
+    which is not a release), FID, accuracy mean ± std over classifier seeds."""
+    head = [
+        "experiment",
+        "method",
+        "ε target",
+        "ε spent",
+        "FID ↓",
+        *(f"{c} acc ↑" for c in classifiers),
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in sorted(rows, key=lambda r: (r["method"], r["target_epsilon"], r["experiment"])):
         accs = [
-            f"{r[f'{c}_acc_mean']:.3f} ± {r.get(f'{c}_acc_std', 0.0):.3f}"
-            if f"{c}_acc_mean" in r
-            else "–"
+            f"{r[c]:.3f} ± {r.get(f'{c}_sd', 0.0):.3f}" if r.get(c) is not None else "–"
             for c in classifiers
         ]
-        spent = f"{r['epsilon']:.3g}" if r.get("epsilon") is not None else "–"
-        fid = f"{r['fid']:.1f}" if "fid" in r else "–"
-        cells = [r["experiment"], r["method"], f"{r['target_epsilon']:g}", spent, fid, *accs]
+        ceiling = _ceiling(r)
+        target = "–" if ceiling else f"{r['target_epsilon']:g}"
+        spent = "∞ (not private)" if ceiling else f"{r['epsilon']:.3g}"
+        fid = f"{r['fid']:.1f}" if r.get("fid") is not None else "–"
+        cells = [r["experiment"], r["method"], target, spent, fid, *accs]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
+    lines.append("")
+    lines.append("± : standard deviation over classifier seeds (one synthetic set per run).")
     return lines
 
 
@@ -112,7 +139,7 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[st
     if not rows:
         raise ValueError("no runs with metrics found (run the pipeline or an experiment first)")
     out = Path(out)
-    classifiers = [c for c in CLASSIFIERS if any(f"{c}_acc_mean" in r for r in rows)]
+    classifiers = [c for c in CLASSIFIERS if any(c in r for r in rows)]
     write_json(out / "sweep.json", list(rows))
     fig = quality_vs_epsilon_figure(rows, classifiers)
     return {

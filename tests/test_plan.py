@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from easyhard.config import ConfigError, Params, defaults
+from easyhard.config import WARMUP_SECTIONS, ConfigError, Params, defaults
 from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.release import plan
 from easyhard.privacy import compose_epsilon
@@ -72,6 +72,25 @@ def test_shares_that_leave_dp_sgd_nothing_are_refused_in_one_line():
     with pytest.raises(ConfigError) as e:
         _params(10.0, central={"budget_share": 0.6}, frequency={"budget_share": 0.5})
     assert "leaves DP-SGD no privacy budget" in str(e.value) and "\n" not in str(e.value)
+    assert "fetapro" in str(e.value)
+
+
+def test_shares_of_warmups_no_chosen_method_runs_are_not_summed():
+    """DP-FETA never runs the frequency release: its share is not added to central's."""
+    over = {"central": {"budget_share": 0.95}, "frequency": {"budget_share": 0.1}}
+    p = _params(10.0, methods=["dpfeta"], **over)
+    release = plan(p, METHODS["dpfeta"])
+    assert [m.name for m in release.mechanisms] == ["central_images_mean", "dp_sgd"]
+    assert compose_epsilon(list(release.mechanisms), 1e-5, "prv") <= 10.0
+    _params(10.0, methods=["dpdm", "nonprivate"], central={"budget_share": 0.99})
+    with pytest.raises(ConfigError, match="fetapro"):  # FETA-Pro runs both: refused
+        _params(10.0, methods=["dpfeta", "fetapro"], **over)
+
+
+def test_the_method_table_agrees_with_the_shares_config_checks():
+    for name, row in METHODS.items():
+        spent = ("central",) * row.central_images + ("frequency",) * row.frequency
+        assert WARMUP_SECTIONS[name] == (spent if row.private else ()) == row.warmup_sections
 
 
 def test_fixed_and_shared_noise_cannot_both_be_set():
@@ -79,3 +98,25 @@ def test_fixed_and_shared_noise_cannot_both_be_set():
         replace(DEFAULTS.central, noise_multiplier=5.0)
     fixed = replace(DEFAULTS.central, noise_multiplier=5.0, budget_share=None)
     assert fixed.noise_multiplier == 5.0
+
+
+def test_plan_params_ends_with_one_json_line_for_every_method(tmp_path, capsys):
+    """`python -m easyhard.privacy plan --params`: the last line is JSON with each method's epsilon
+    and DP-SGD noise (the ceiling: null, not a release); a DP-FETA-only file with
+    central.budget_share 0.95 is planned, not refused for the frequency share it never spends."""
+    import json
+
+    import yaml
+
+    from easyhard.privacy.__main__ import main
+
+    over = {"methods": ["dpfeta", "nonprivate"], "central": {"budget_share": 0.95}}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(merge(to_dict(DEFAULTS), over)))
+    assert main(["plan", "--params", str(path)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(last) == ["dpfeta", "nonprivate"]
+    assert last["nonprivate"] == {"epsilon": None, "noise_multiplier": None, "mechanisms": []}
+    assert 0.99 * 10 <= last["dpfeta"]["epsilon"] <= 10
+    assert last["dpfeta"]["mechanisms"] == ["central_images_mean", "dp_sgd"]
+    assert last["dpfeta"]["noise_multiplier"] > 0

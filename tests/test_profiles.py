@@ -243,3 +243,16 @@ def test_celeba_profile_prepares_and_pretrains_on_cpu(tmp_path):
         tmp_path, "celeba-eps10", lambda r: make_celeba(r, n=12), 6, with_finetune=False
     )
     assert p.data.image_size == 32 and p.network.channels == (64, 128)
+
+
+def test_list_is_an_aligned_table_that_says_each_profiles_epsilon():
+    lines = profiles.listing(BASE)
+    assert lines[0].split() == ["profile", "methods", "ε", "dataset"]
+    assert len(lines) == 1 + len(profiles.names())
+    for col in ("methods", "ε", "dataset"):  # every row's cell starts where its header does
+        start = lines[0].index(col)
+        for line in lines[1:]:
+            assert line[start - 2 : start] == "  " and line[start] != " ", (col, line)
+    by = {line.split()[0]: line.split() for line in lines[1:]}
+    assert by["mnist-eps1"][2] == "1" and by["mnist-eps10"][2] == "10"
+    assert by["fetapro-mnist-eps1"][1] == "fetapro" and by["mnist-eps1"][1] == "dpfeta"

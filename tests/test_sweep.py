@@ -10,17 +10,27 @@ from easyhard import sweep
 
 
 def metrics(eps: float, fid: float, acc: float) -> dict:
+    """What the evaluate stage writes to metrics.json (easyhard.pipeline.evaluate.headline)."""
     return {
         "epsilon": eps * 0.998,
-        "target_epsilon": eps,
+        "private": True,
         "fid": fid,
-        "cnn_acc_mean": acc,
-        "cnn_acc_std": 0.01,
-        "resnet_acc_mean": acc - 0.05,
-        "resnet_acc_std": 0.02,
-        "logreg_acc_mean": acc - 0.1,
-        "logreg_acc_std": 0.0,
+        "cnn": acc,
+        "cnn_sd": 0.01,
+        "resnet": acc - 0.05,
+        "resnet_sd": 0.02,
+        "logreg": acc - 0.1,
+        "logreg_sd": 0.0,
     }
+
+
+def write_run(folder, eps: float, data: dict) -> str:
+    """runs/<m>/metrics.json and the evaluate/details.json beside it (holding the target)."""
+    f = folder / "metrics.json"
+    (folder / "evaluate").mkdir(parents=True)
+    f.write_text(json.dumps(data))
+    (folder / "evaluate" / "details.json").write_text(json.dumps({"target_epsilon": eps}))
+    return str(f)
 
 
 def state(rev: str, name: str | None, eps: float, fid: float, acc: float, exps=None) -> dict:
@@ -69,7 +79,7 @@ def test_rows_from_exp_show():
     by = {(r["experiment"], r["method"]): r for r in rows}
     assert by[("eps-1", "dpfeta")]["target_epsilon"] == 1.0
     assert by[("eps-1", "dpfeta")]["fid"] == 320.0
-    assert by[("eps-5", "dpdm")]["cnn_acc_mean"] == pytest.approx(0.2)
+    assert by[("eps-5", "dpdm")]["cnn"] == pytest.approx(0.2)
     assert ("workspace", "dpfeta") in by and ("main", "dpdm") in by
 
 
@@ -79,7 +89,8 @@ def test_outputs_and_table(tmp_path):
     assert json.loads(written["json"].read_text()) == rows
     assert written["figure"].stat().st_size > 0
     table = sweep.markdown_table(rows)
-    assert table[0].startswith("| experiment | method | ε target |") and len(table) == 2 + 8
+    assert table[0].startswith("| experiment | method | ε target |") and len(table) == 2 + 8 + 2
+    assert table[-1].startswith("± : standard deviation over classifier seeds")
     assert "| eps-1 | dpfeta | 1 | 0.998 | 320.0 | 0.300 ± 0.010 |" in "\n".join(table)
     with pytest.raises(ValueError, match="no runs"):
         sweep.write_outputs([], tmp_path)
@@ -99,10 +110,9 @@ def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
     files = []
     for exp, eps in (("e1", 1.0), ("e10", 10.0)):
         for m in ("dpfeta", "dpdm"):
-            f = tmp_path / exp / "runs" / m / "metrics.json"
-            f.parent.mkdir(parents=True)
-            f.write_text(json.dumps(metrics(eps, 100.0 / eps, 0.5)))
-            files.append(str(f))
+            files.append(
+                write_run(tmp_path / exp / "runs" / m, eps, metrics(eps, 100.0 / eps, 0.5))
+            )
     out = tmp_path / "out"
     assert sweep.main([*files, "--out", str(out)]) == 0
     assert "| dpdm | 1 |" in capsys.readouterr().out
@@ -114,10 +124,25 @@ def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
 
 
 def test_the_non_private_ceiling_has_no_epsilon_spent(tmp_path, capsys):
-    """The ceiling's metrics.json says epsilon: null (not a release): a row with ε spent '–'."""
-    f = tmp_path / "runs" / "nonprivate" / "metrics.json"
-    f.parent.mkdir(parents=True)
-    f.write_text(json.dumps({**metrics(10.0, 140.0, 0.75), "epsilon": None}))
-    assert sweep.main([str(f), "--out", str(tmp_path / "out")]) == 0
+    """The ceiling's metrics.json says epsilon: null (not a release): no target ε, spent ∞, and a
+    horizontal line in the figure, never a point at a target ε it does not have."""
+    from easyhard.plots import quality_vs_epsilon_figure
+
+    data = {**metrics(10.0, 140.0, 0.75), "epsilon": None, "private": False}
+    f = write_run(tmp_path / "runs" / "nonprivate", 10.0, data)
+    assert sweep.main([f, "--out", str(tmp_path / "out")]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if "nonprivate" in line)
-    assert "| nonprivate | 10 | – | 140.0 |" in row
+    assert "| nonprivate | – | ∞ (not private) | 140.0 |" in row
+    rows = sweep.rows_from_metrics_files([f]) + sweep.rows_from_exp_show(EXP_SHOW)
+    ax_fid, _ = quality_vs_epsilon_figure(rows).axes
+    flat = [ln for ln in ax_fid.get_lines() if len(set(ln.get_ydata())) == 1]
+    assert [ln.get_ydata()[0] for ln in flat] == [140.0]
+
+
+def test_a_metrics_file_without_its_details_is_refused_in_one_line(tmp_path, capsys):
+    f = tmp_path / "runs" / "dpfeta" / "metrics.json"
+    f.parent.mkdir(parents=True)
+    f.write_text(json.dumps(metrics(1.0, 100.0, 0.5)))
+    assert sweep.main([str(f), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "details.json" in err and "\n" not in err

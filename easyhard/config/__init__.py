@@ -29,6 +29,7 @@ from easyhard.config.choices import (
     PRECISIONS,
     RANDOMNESS,
     SAMPLERS,
+    WARMUP_SECTIONS,
 )
 from easyhard.config.evaluation import AuditConfig, EvaluateConfig, SampleConfig
 from easyhard.config.sections import (
@@ -57,6 +58,7 @@ __all__ = [
     "PRECISIONS",
     "RANDOMNESS",
     "SAMPLERS",
+    "WARMUP_SECTIONS",
     "AuditConfig",
     "AuxGenConfig",
     "CentralConfig",
@@ -105,12 +107,15 @@ class Params:
             )
         for m in self.methods:
             choice("methods", m, METHODS)
-        shares = [c.budget_share for c in (self.central, self.frequency) if c.budget_share]
-        if sum(shares) >= 1:
-            raise ConfigError(
-                f"central.budget_share + frequency.budget_share = {sum(shares):g} leaves DP-SGD "
-                "no privacy budget: the shares must add up to less than 1"
-            )
+        for m in self.methods:  # only the warm-ups a chosen method runs share its budget
+            sections = WARMUP_SECTIONS[m]
+            shares = [getattr(self, k).budget_share or 0.0 for k in sections]
+            if sum(shares) >= 1:
+                names = " + ".join(f"{k}.budget_share" for k in sections)
+                raise ConfigError(
+                    f"{names} = {sum(shares):g} leaves DP-SGD no privacy budget for method {m}: "
+                    "the shares of the warm-ups one method runs must add up to less than 1"
+                )
         if not self.methods:
             raise ConfigError("methods must list at least one of " + ", ".join(METHODS))
 

@@ -1,6 +1,14 @@
 """Allowed values of every choice in ``params.yaml``: defined here once, imported everywhere."""
 
 METHODS = ("dpfeta", "dpdm", "fetapro", "nonprivate")  # easyhard.pipeline.methods: the table
+# The params sections whose budget_share each method spends before DP-SGD (the ceiling spends
+# none); easyhard.pipeline.methods checks that its table agrees.
+WARMUP_SECTIONS = {
+    "dpfeta": ("central",),
+    "dpdm": (),
+    "fetapro": ("central", "frequency"),
+    "nonprivate": (),
+}
 DATASETS = (
     "mnist_offline",
     "digits",

@@ -3,10 +3,16 @@
 Evaluation touches held-out data only: FID and precision/recall against Inception features of the
 held-out real test split, and downstream classifiers trained on synthetic images and tested once on
 that split; the release's privacy: its own epsilon and the dataset's total so far.
+
+Two files: ``runs/<method>/metrics.json`` (a DVC metric) holds only the numbers a reader compares
+(:func:`headline`: epsilon, whether the release is private, FID, each classifier's accuracy and its
+standard deviation over classifier seeds, rounded), so that ``dvc metrics show`` stays one readable
+line per method; ``runs/<method>/evaluate/details.json`` holds everything at full precision.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,10 +28,34 @@ from easyhard.pipeline.release import dataset_total, finite
 from easyhard.pipeline.runtime import device
 from easyhard.privacy import Ledger
 
+#: Decimals kept in ``metrics.json`` (``details.json`` keeps full precision).
+DECIMALS = {"epsilon": 3, "fid": 1, "accuracy": 3}
+
+
+def _round(value: float | None, key: str) -> float | None:
+    return None if value is None else round(float(value), DECIMALS[key])
+
+
+def headline(details: Mapping[str, Any], classifiers: Sequence[str]) -> dict[str, Any]:
+    """The handful of numbers ``metrics.json`` keeps: ``epsilon`` (null for the non-private
+    ceiling, which is not a release), ``private`` (false for the ceiling and for a run whose noise
+    came from the public seed), ``fid``, and per classifier ``<c>`` (mean accuracy on the real
+    test set) and ``<c>_sd`` (its standard deviation over the classifier seeds)."""
+    out = {
+        "epsilon": _round(details["epsilon"], "epsilon"),
+        "private": bool(details["private"] and not details["nonprivate"]),
+        "fid": _round(details["fid"], "fid"),
+    }
+    for c in classifiers:
+        out[c] = _round(details[f"{c}_acc_mean"], "accuracy")
+        out[f"{c}_sd"] = _round(details[f"{c}_acc_std"], "accuracy")
+    return out
+
 
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """FID / precision / recall vs held-out real test images; downstream accuracy on them too;
-    the release's privacy (its own epsilon, and the dataset's total so far)."""
+    the release's privacy (its own epsilon, and the dataset's total so far). Writes
+    ``details.json`` (everything) and ``metrics.json`` (:func:`headline`)."""
     synth = load_npz(paths.samples(method))
     test = load_npz(paths.test)
     real = load_features(paths.fid_real)
@@ -55,7 +85,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     private_method = method_row(method).private  # False: the ceiling, epsilon = infinity
     by = ledger.to_dict()
     sgd = [m for m in ledger.mechanisms if m.name == "dp_sgd"]
-    result = {
+    details = {
         "private": ledger.private,
         "nonprivate": not private_method,
         "epsilon": by["epsilon"] if private_method else None,
@@ -73,5 +103,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "fid_real_count": len(real),
         "dataset_epsilon": finite(dataset_total(params, paths).epsilon),
     }
-    write_json(paths.metrics(method), result)
-    return result | {"classifier_runs": runs}
+    write_json(paths.stage(method, "evaluate") / "details.json", details)
+    metrics = headline(details, params.evaluate.classifiers)
+    write_json(paths.metrics(method), metrics)
+    return {"metrics": metrics, "details": details, "classifier_runs": runs}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from easyhard.central import central_mechanism
 from easyhard.config import METHODS as NAMES
-from easyhard.config import Params
+from easyhard.config import WARMUP_SECTIONS, Params
 from easyhard.frequency import frequency_mechanism, frequency_params
 from easyhard.privacy import Mechanism
 
@@ -32,6 +32,13 @@ class Method:
     central_images: bool  # easy stage: central images (noisy, or exact when not private)
     frequency: bool  # FETA-Pro's frequency release, auxiliary generator and warm-up
     private: bool  # False: the non-private ceiling (no noise, no clipping, not a release)
+
+    @property
+    def warmup_sections(self) -> tuple[str, ...]:
+        """The ``params.yaml`` sections of the warm-ups this method spends budget on."""
+        if not self.private:
+            return ()
+        return ("central",) * self.central_images + ("frequency",) * self.frequency
 
     def warmups(self, params: Params) -> list[Mechanism]:
         """The mechanisms this method spends before DP-SGD, known before any data is touched."""
@@ -53,6 +60,8 @@ METHODS: dict[str, Method] = {
 }
 if tuple(METHODS) != NAMES:  # the allowed values live in config; the table must cover them
     raise RuntimeError(f"method table {tuple(METHODS)} differs from config.METHODS {NAMES}")
+if {n: m.warmup_sections for n, m in METHODS.items()} != WARMUP_SECTIONS:  # config's share check
+    raise RuntimeError("method table's warm-ups differ from config.WARMUP_SECTIONS")
 
 
 def method(name: str) -> Method:

@@ -1,10 +1,25 @@
 """Stage ``report``: every method side by side, and what the dataset has spent over every release.
 
-Un-noised training diagnostics are not part of the DP release and stay out of the report.
+Words: a *release* is one method's whole run (its ledger, ``runs/<method>/ledger.json``); a
+*mechanism* is one entry of a ledger (the central images, the frequency release, DP-SGD). The
+dataset's total composes every mechanism of every release made from it.
+
+The report is the project's figure page: :func:`table` (rounded, ± over classifier seeds, ↑/↓ on
+the headers, "∞ (not private)" for the ceiling), bar charts with error bars, each method's central
+images beside its samples with class labels, and :func:`reading`, a paragraph generated from the
+numbers. Un-noised training diagnostics are not part of the DP release and stay out of the report.
+
+``python -m easyhard.pipeline.report --export DIR`` copies the report's PNGs (``report/figures``)
+into ``DIR`` (e.g. ``docs/figures``), for the documentation.
 """
 
 from __future__ import annotations
 
+import argparse
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,48 +32,194 @@ from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.plots import comparison_bars, side_by_side
 
+#: What the ± of every accuracy is taken over (one synthetic set per method and run).
+SPREAD = "± = std over classifier seeds"
+NOT_PRIVATE = "∞ (not private)"
 
-def run(params: Params, paths: Paths) -> dict[str, Any]:
-    """Compare methods: a metrics table, bar charts, sample grids side by side, central images, and
-    the privacy spent on the dataset by every release so far (``report/privacy.json``)."""
-    metrics = {m: read_json(paths.metrics(m)) for m in params.methods}
-    test = load_npz(paths.test)
-    figs = {
-        "metrics": comparison_bars(
-            metrics,
-            ["fid", *(f"{c}_acc_mean" for c in params.evaluate.classifiers), "epsilon"],
-        ),
-    }
-    grids = {}
+
+def _epsilon_text(m: Mapping[str, Any]) -> str:
+    if m.get("epsilon") is None:
+        return NOT_PRIVATE
+    return f"{m['epsilon']:.2f}" + ("" if m.get("private") else " (seeded: not private)")
+
+
+def table(
+    metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]
+) -> list[dict[str, str]]:
+    """One row of formatted strings per method: ε, FID (1 decimal), each classifier's accuracy
+    as ``mean ± std`` (3 decimals; the std is over classifier seeds)."""
+    rows = []
+    for name, m in metrics.items():
+        row = {"method": method_row(name).title, "ε ↓": _epsilon_text(m)}
+        row["FID ↓"] = "–" if m.get("fid") is None else f"{m['fid']:.1f}"
+        for c in classifiers:
+            mean, sd = m.get(c), m.get(f"{c}_sd")
+            row[f"{c} accuracy ↑"] = "–" if mean is None else f"{mean:.3f} ± {sd or 0.0:.3f}"
+        rows.append(row)
+    return rows
+
+
+def _best(metrics: Mapping[str, Mapping[str, Any]], key: str, low: bool) -> str | None:
+    have = {n: m[key] for n, m in metrics.items() if m.get(key) is not None}
+    if not have:
+        return None
+    return (min if low else max)(have, key=have.get)
+
+
+def _private(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {n: m for n, m in metrics.items() if m.get("epsilon") is not None}
+
+
+def reading(metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]) -> str:
+    """A one-paragraph reading of the comparison, generated from the numbers only: which private
+    method has the lowest FID and the highest accuracy per classifier, whether the two best
+    accuracies' mean ± std intervals overlap, and the gap to the non-private ceiling."""
+    private = _private(metrics)
+    title = {n: method_row(n).title for n in metrics}
+    if not private:
+        return "No private release in this run: nothing to compare at a privacy budget."
+    eps = ", ".join(f"{title[n]} ε = {m['epsilon']:.2f}" for n, m in private.items())
+    out = [f"At the same target budget ({eps}),"]
+    best_fid = _best(private, "fid", low=True)
+    if best_fid is not None:
+        out.append(
+            f"{title[best_fid]} has the lowest FID among the private methods "
+            f"({private[best_fid]['fid']:.1f}; lower is better)."
+        )
+    for c in classifiers:
+        ranked = sorted(
+            (n for n in private if private[n].get(c) is not None),
+            key=lambda n: -private[n][c],
+        )
+        if not ranked:
+            continue
+        a = ranked[0]
+        ma, sa = private[a][c], private[a].get(f"{c}_sd") or 0.0
+        text = f"With the {c} classifier, {title[a]} is most accurate ({ma:.3f} ± {sa:.3f})"
+        if len(ranked) > 1:
+            b = ranked[1]
+            mb, sb = private[b][c], private[b].get(f"{c}_sd") or 0.0
+            overlap = ma - sa <= mb + sb
+            text += f", ahead of {title[b]} ({mb:.3f} ± {sb:.3f})" + (
+                "; the mean ± std intervals overlap, so this run does not separate them"
+                if overlap
+                else "; the mean ± std intervals do not overlap"
+            )
+        out.append(text + ".")
+    ceilings = [n for n in metrics if n not in private]
+    for n in ceilings:
+        c = next((c for c in classifiers if metrics[n].get(c) is not None), None)
+        best = _best(private, c, low=False) if c else None
+        if best is not None:
+            gap = metrics[n][c] - private[best][c]
+            out.append(
+                f"The non-private ceiling reaches {metrics[n][c]:.3f} with {c} "
+                f"({gap:+.3f} against the best private method): what privacy costs at this budget."
+            )
+    out.append(f"Accuracies are on the held-out real test set; {SPREAD}, one synthetic set each.")
+    return " ".join(out)
+
+
+def _bars(metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]) -> Any:
+    names = list(metrics)
+    values = {"fid": [metrics[n].get("fid") for n in names]}
+    errors: dict[str, list[float | None]] = {}
+    titles = {"fid": "FID to held-out real images ↓"}
+    for c in classifiers:
+        values[c] = [metrics[n].get(c) for n in names]
+        errors[c] = [metrics[n].get(f"{c}_sd") for n in names]
+        titles[c] = f"{c} accuracy on real test ↑\n(error bars: std over classifier seeds)"
+    labels = [method_row(n).title for n in names]
+    return comparison_bars(values, errors, labels, titles)
+
+
+def _image_panels(params: Params, paths: Paths) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per method, its central images (if it has any) and then its samples."""
+    panels = {}
     for m in params.methods:
-        s = load_npz(paths.samples(m))
-        grids[m] = (s.x, s.y)
-    figs["samples"] = side_by_side(grids, test.classes)
-    central = {}
-    for m in params.methods:
+        title = method_row(m).title
         with np.load(paths.central(m)) as f:
             if len(f["y"]):
-                central[m] = (f["x"], f["y"])
-    if central:
-        figs["central_images"] = side_by_side(central, test.classes)
+                panels[f"{title}\ncentral images"] = (f["x"], f["y"])
+        s = load_npz(paths.samples(m))
+        panels[f"{title}\nsamples"] = (s.x, s.y)
+    return panels
+
+
+def run(params: Params, paths: Paths) -> dict[str, Any]:
+    """Compare methods: the table, bar charts, central images beside the samples, the reading,
+    and the privacy spent on the dataset by every release so far (``report/privacy.json``)."""
+    metrics = {m: read_json(paths.metrics(m)) for m in params.methods}
+    classifiers = list(params.evaluate.classifiers)
+    test = load_npz(paths.test)
+    figs = {
+        "metrics": _bars(metrics, classifiers),
+        "samples": side_by_side(_image_panels(params, paths), test.classes),
+    }
     saved = {
         name: save_figure(fig, paths.report / "figures" / f"{name}.png")
         for name, fig in figs.items()
     }
-    write_json(paths.report / "summary.json", metrics)
     total = dataset_total(params, paths)
-    privacy = {
-        # every DP release private (the non-private ceiling is not a release)
-        "private": not total.seeded
-        and all(metrics[m].get("private", False) for m in params.methods if method_row(m).private),
-        "dataset_epsilon": finite(total.epsilon),
-        "dataset_epsilon_private_releases": total.epsilon_private,
-        "dataset_releases": total.releases,
-        "dataset_published_non_private_uses": total.non_private,
-        "dataset_epsilon_infinite_because": list(total.reasons),
+    # every DP release drew secret noise (the ceiling is not a release: its publication shows as
+    # an infinite dataset epsilon, with the reason)
+    all_private = not total.seeded and all(
+        metrics[m].get("private", False) for m in params.methods if method_row(m).private
+    )
+    # the DVC metric: two numbers (the table of `dvc metrics show` stays narrow)
+    eps = finite(total.epsilon)
+    privacy = {"epsilon": None if eps is None else round(eps, 3), "private": all_private}
+    dataset = {
+        "epsilon": eps,
+        "epsilon_private_releases": total.epsilon_private,
+        "mechanisms": len(total.mechanisms),
+        "releases": total.releases,
+        "published_non_private_uses": total.non_private,
+        "epsilon_infinite_because": list(total.reasons),
         "delta": params.privacy.delta,
         "accountant": params.privacy.accountant,
-        **{f"{m}_epsilon": metrics[m]["epsilon"] for m in params.methods},
     }
+    text = reading(metrics, classifiers)
+    write_json(
+        paths.report / "summary.json",
+        {"metrics": metrics, "table": table(metrics, classifiers), "reading": text}
+        | {"dataset": dataset},
+    )
     write_json(paths.report / "privacy.json", privacy)
-    return {"metrics": metrics, "figures": saved, "privacy": privacy}
+    return {
+        "metrics": metrics,
+        "table": table(metrics, classifiers),
+        "reading": text,
+        "figures": saved,
+        "privacy": privacy,
+        "dataset": dataset,
+    }
+
+
+def export(source: str | Path, target: str | Path) -> list[Path]:
+    """Copy the report's PNGs from ``source`` (``report/figures``) into ``target``."""
+    src, dst = Path(source), Path(target)
+    pngs = sorted(src.glob("*.png"))
+    if not pngs:
+        raise FileNotFoundError(f"no PNG figures in {src} (run `dvc repro report` first)")
+    dst.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(p, dst / p.name)) for p in pngs]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m easyhard.pipeline.report --export DIR [--from report/figures]``."""
+    ap = argparse.ArgumentParser(prog="python -m easyhard.pipeline.report")
+    ap.add_argument("--export", required=True, metavar="DIR", help="copy the figures here")
+    ap.add_argument("--from", dest="source", default="report/figures", metavar="DIR")
+    args = ap.parse_args(argv)
+    try:
+        done = export(args.source, args.export)
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in done))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

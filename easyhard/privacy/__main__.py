@@ -220,7 +220,11 @@ def _report(ledger: Ledger) -> dict[str, Any]:
 
 
 def _plan_params(args: argparse.Namespace) -> None:
-    """Plan each private method of a params file with :func:`easyhard.pipeline.release.plan`."""
+    """Plan each method of a params file with :func:`easyhard.pipeline.release.plan`: a table per
+    release (one method's run), then one JSON line, ``{method: {"epsilon", "noise_multiplier",
+    "mechanisms"}}`` (the non-private ceiling: ``epsilon`` null, not a release)."""
+    import json
+
     from easyhard.config import load_params
     from easyhard.pipeline.methods import method as method_row
     from easyhard.pipeline.release import plan
@@ -229,11 +233,12 @@ def _plan_params(args: argparse.Namespace) -> None:
     names = [args.method] if args.method else list(params.methods)
     rows = [method_row(n) for n in names]
     p = params.privacy
-    record: dict[str, Any] = {}
+    summary: dict[str, Any] = {}
     for row in rows:
         print(f"\n{row.name} ({row.title}):")
         if not row.private:
             print("  not a release (no noise, no clipping): nothing to plan")
+            summary[row.name] = {"epsilon": None, "noise_multiplier": None, "mechanisms": []}
             continue
         release = plan(params, row)
         ledger = Ledger(
@@ -243,9 +248,12 @@ def _plan_params(args: argparse.Namespace) -> None:
             mechanisms=list(release.mechanisms),
         )
         record = _report(ledger)
-        print(f"noise_multiplier={release.dp_sgd.noise_multiplier!r}")
-    if record:
-        print(f"epsilon={record['epsilon']!r}")
+        summary[row.name] = {
+            "epsilon": record["epsilon"],
+            "noise_multiplier": release.dp_sgd.noise_multiplier,
+            "mechanisms": [m.name for m in release.mechanisms],
+        }
+    print(json.dumps(summary))
 
 
 def _plan(args: argparse.Namespace) -> None:

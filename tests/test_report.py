@@ -1,0 +1,88 @@
+"""The report's table and reading on metrics written the way the evaluate stage writes them: rounded
+numbers, ± over classifier seeds, ↑/↓, ∞ for the ceiling, and a reading that follows the numbers."""
+
+from __future__ import annotations
+
+import pytest
+
+from easyhard.pipeline.evaluate import headline
+from easyhard.pipeline.report import NOT_PRIVATE, export, reading, table
+
+CLASSIFIERS = ("cnn", "logreg")
+
+
+def _metrics(eps: float | None, fid: float, cnn: float, sd: float, private: bool = True) -> dict:
+    details = {
+        "epsilon": eps,
+        "private": private,
+        "nonprivate": eps is None,
+        "fid": fid,
+        "cnn_acc_mean": cnn,
+        "cnn_acc_std": sd,
+        "logreg_acc_mean": cnn - 0.1,
+        "logreg_acc_std": sd,
+    }
+    return headline(details, CLASSIFIERS)
+
+
+def _run(feta_cnn: float, dpdm_cnn: float, sd: float = 0.01) -> dict:
+    return {
+        "dpfeta": _metrics(9.975360165329072, 202.65906367196163, feta_cnn, sd),
+        "dpdm": _metrics(9.99, 240.1234, dpdm_cnn, sd),
+        "nonprivate": _metrics(None, 120.0, 0.9, 0.02),
+    }
+
+
+def test_headline_rounds_and_flags_the_ceiling():
+    m = _run(0.53312, 0.4)
+    assert m["dpfeta"] == {
+        "epsilon": 9.975,
+        "private": True,
+        "fid": 202.7,
+        "cnn": 0.533,
+        "cnn_sd": 0.01,
+        "logreg": 0.433,
+        "logreg_sd": 0.01,
+    }
+    assert m["nonprivate"]["epsilon"] is None and m["nonprivate"]["private"] is False
+    seeded = _metrics(9.9, 200.0, 0.5, 0.01, private=False)
+    assert seeded["private"] is False and seeded["epsilon"] == 9.9
+
+
+def test_table_is_rounded_with_spread_arrows_and_infinity():
+    rows = table(_run(0.53312, 0.4), CLASSIFIERS)
+    assert list(rows[0]) == ["method", "ε ↓", "FID ↓", "cnn accuracy ↑", "logreg accuracy ↑"]
+    assert rows[0] == {
+        "method": "DP-FETA",
+        "ε ↓": "9.97",
+        "FID ↓": "202.7",
+        "cnn accuracy ↑": "0.533 ± 0.010",
+        "logreg accuracy ↑": "0.433 ± 0.010",
+    }
+    assert rows[2]["method"] == "non-private ceiling" and rows[2]["ε ↓"] == NOT_PRIVATE
+    seeded = table({"dpdm": _metrics(9.9, 200.0, 0.5, 0.01, private=False)}, CLASSIFIERS)
+    assert "not private" in seeded[0]["ε ↓"]
+
+
+def test_the_reading_follows_the_numbers():
+    ahead = reading(_run(0.60, 0.40), CLASSIFIERS)
+    assert "With the cnn classifier, DP-FETA is most accurate (0.600 ± 0.010)" in ahead
+    assert "do not overlap" in ahead
+    assert "DP-FETA has the lowest FID among the private methods (202.7" in ahead
+    assert "ceiling reaches 0.900 with cnn (+0.300" in ahead
+    assert "std over classifier seeds" in ahead
+    behind = reading(_run(0.40, 0.60), CLASSIFIERS)
+    assert "With the cnn classifier, DPDM is most accurate (0.600 ± 0.010)" in behind
+    close = reading(_run(0.50, 0.49, sd=0.05), CLASSIFIERS)
+    assert "intervals overlap, so this run does not separate them" in close
+    assert "nothing to compare" in reading({"nonprivate": _run(0.5, 0.5)["nonprivate"]}, ["cnn"])
+
+
+def test_export_copies_the_figures(tmp_path):
+    src = tmp_path / "figures"
+    src.mkdir()
+    (src / "metrics.png").write_bytes(b"\x89PNG")
+    done = export(src, tmp_path / "docs")
+    assert [p.name for p in done] == ["metrics.png"] and (tmp_path / "docs/metrics.png").is_file()
+    with pytest.raises(FileNotFoundError, match="no PNG figures"):
+        export(tmp_path / "empty", tmp_path / "docs")
