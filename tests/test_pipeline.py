@@ -100,8 +100,9 @@ def test_every_notebook_runs_and_writes_its_outputs(tiny_run):
     assert set(privacy) == {"epsilon", "private"} and privacy["private"]
     dataset = json.loads((root / "report" / "summary.json").read_text())["dataset"]
     # three releases of six mechanisms: dpfeta: central + DP-SGD; dpdm: DP-SGD; fetapro:
-    # central + frequency + DP-SGD; the non-private ceiling is not a release
-    assert dataset["mechanisms"] == 6 and round(dataset["epsilon"], 3) == privacy["epsilon"]
+    # central + frequency + DP-SGD; the non-private ceiling is not a release, but its published
+    # results make the published total infinite (null)
+    assert dataset["mechanisms"] == 6 and dataset["epsilon"] is None is privacy["epsilon"]
     # nothing left under a temporary or failed name
     leftovers = [
         p

@@ -27,6 +27,7 @@ from easyhard.privacy.accounting import (
 )
 from easyhard.privacy.ledger import Ledger
 from easyhard.privacy.plan import plan_release
+from easyhard.privacy.spend_report import print_total
 
 PROG = "python -m easyhard.privacy"
 
@@ -316,89 +317,13 @@ def _epsilon(args: argparse.Namespace) -> None:
     print(f"epsilon={record['epsilon']!r}")
 
 
-def _use_row(use: Any) -> str:
-    what = ", ".join(
-        f"{m.name}(sigma={m.noise_multiplier:.4g}, q={m.sample_rate:g}, T={m.steps})"
-        for m in use.mechanisms
-    )
-    flags = f"{str(use.private).lower():<8} {str(use.published).lower():<9}"
-    return f"  {use.method:<10} {use.stage:<10} {flags} {what or use.reason}"
-
-
-def _current_source(root: Any) -> tuple[str | None, dict[str, Any]]:
-    """This repository's data source id and privacy section (None, {} without a params.yaml)."""
-    from easyhard.config import load_params
-    from easyhard.pipeline.paths import Paths
-    from easyhard.pipeline.release import data_source
-
-    if not (root / "params.yaml").is_file():
-        return None, {}
-    params = load_params(root / "params.yaml")
-    privacy = {"delta": params.privacy.delta, "accountant": params.privacy.accountant}
-    return data_source(params, Paths(root.resolve())).id, privacy
-
-
-def _total(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from easyhard.privacy import spend
-
-    current, privacy = _current_source(Path(args.root))
-    delta = args.delta if args.delta is not None else privacy.get("delta")
-    if delta is None:
-        raise ValueError("no --delta given and no params.yaml in --root")
-    accountant = args.accountant or privacy.get("accountant", "prv")
-    store = spend.store_dir()
-    found = spend.sources(store)
-    if not found:
-        raise ValueError(f"no use of any data source recorded in {store}")
-    print(f"spend store: {store} (${spend.ENV_DIR} overrides it)")
-    totals, worst = {}, {}
-    for sid, source in found.items():
-        mark = " (params.yaml's data)" if sid == current else ""
-        print(f"\nsource {sid}: {source.name}{f' at {source.root}' if source.root else ''}{mark}")
-        uses = spend.uses(store, sid)
-        print(
-            f"  {'method':<10} {'stage':<10} {'private':<8} {'published':<9} mechanisms / why not"
-        )
-        for use in uses:
-            print(_use_row(use))
-        prints = list(dict.fromkeys(u.fingerprint for u in uses))
-        print(
-            f"  data fingerprints: {len(prints)} distinct"
-            + (" (the data changed between uses)" if len(prints) > 1 else "")
-        )
-        tot = spend.total(store, sid, delta=delta, accountant=accountant)
-        print(
-            f"  published total epsilon ({accountant}, delta={delta:g}) over {tot.releases} "
-            f"releases: {tot.epsilon:.4f}"
-        )
-        for why in tot.reasons:
-            print(f"    infinite: {why}")
-        if tot.reasons:
-            print(f"    (the private releases alone: {tot.epsilon_private:.4f})")
-        for why in tot.kept_private:
-            print(f"  kept in the private zone (not in the total): {why}")
-        totals[sid] = tot.epsilon
-        if args.per_record:
-            from easyhard.privacy.per_record import VIEW_ACCOUNTANT, per_record, table
-
-            acc = args.accountant or VIEW_ACCOUNTANT
-            view = per_record(store, sid, delta=delta, accountant=acc, detail=args.detail)
-            print("\n".join(table(view)))
-            worst[sid] = view.epsilon
-    # the last line: this repository's data source, else the most spent by any one source
-    sid = current if current in totals else max(totals, key=lambda k: totals[k])
-    print(f"epsilon={totals[sid]!r}")
-    if args.per_record:
-        print(f"per_record_epsilon={worst[sid]!r}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 on bad input)."""
     try:
         args = _parser().parse_args(argv)
-        {"plan": _plan, "epsilon": _epsilon, "total": _total, "audit": _audit}[args.command](args)
+        {"plan": _plan, "epsilon": _epsilon, "total": print_total, "audit": _audit}[args.command](
+            args
+        )
     except (_UsageError, ValueError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
