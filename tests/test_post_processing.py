@@ -309,11 +309,11 @@ def _leak_training_metric(repo: Path) -> list[str]:
     _patch(
         repo,
         "easyhard/pipeline/evaluate.py",
-        "    write_json(paths.metrics(method), result)",
+        "    write_json(paths.metrics(method), metrics)",
         "    import numpy\n"
         "    train = numpy.load(paths.root / 'private/prepared/train.npz')['x']\n"
-        "    result['train_mean'] = float(train.mean())\n"
-        "    write_json(paths.metrics(method), result)",
+        "    metrics['train_mean'] = float(train.mean())\n"
+        "    write_json(paths.metrics(method), metrics)",
     )
     return ["evaluate@fetapro", "--single-item", "--force"]
 
