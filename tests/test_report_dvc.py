@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from easyhard.pipeline.audit import summary as audit_summary
 from easyhard.pipeline.evaluate import headline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,9 +64,10 @@ def _write_run(root: Path, methods, eps: float, fid: float, acc: float) -> None:
         details = _details(None if m == "nonprivate" else eps * 0.9975, fid, acc)
         (d / "evaluate" / "details.json").write_text(json.dumps(details))
         (d / "metrics.json").write_text(json.dumps(headline(details, CLASSIFIERS)))
-        # the audit stage's small metric (its keys are the audit's to choose; a plausible one)
-        audit = {"eps_hat": 0.9234567891, "max_epsilon": eps * 0.9975, "verdict": "consistent"}
-        (d / "audit.json").write_text(json.dumps(audit))
+        # the audit stage's metric, made by its own summary() from a full record
+        record = {"verdict": "conclusive-pass", "max_epsilon": 5.7812345}
+        record["release"] = {"eps_hat": 1.3812345, "verdict": "inconclusive"}
+        (d / "verdict.json").write_text(json.dumps(audit_summary(record)))
     (root / "report").mkdir(exist_ok=True)
     (root / "report" / "privacy.json").write_text(
         json.dumps({"epsilon": 21.010480022678916, "private": True})

@@ -59,14 +59,31 @@ SAMPLE_RATE_P = 1e-6
 RTOL = 1e-9
 
 
+def summary(out: dict[str, Any]) -> dict[str, Any]:
+    """The three numbers ``dvc metrics show`` prints for an audit: the verdict, eps_hat of the
+    release's own run (else of the resolvable run) and the most that m canaries can certify."""
+    run = out.get("release") or out.get("resolvable") or {}
+    return {
+        "verdict": out.get("verdict", "not audited"),
+        "eps_hat": round(run["eps_hat"], 3) if "eps_hat" in run else None,
+        "eps_max": round(out["max_epsilon"], 2) if "max_epsilon" in out else None,
+    }
+
+
+def _write(paths: Paths, method: str, out: dict[str, Any]) -> None:
+    write_json(paths.audit_metrics(method), out)
+    write_json(paths.audit_summary(method), summary(out))
+
+
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
-    """Audit ``method``'s release: write ``runs/<method>/audit.json`` (public metric), the canary
-    figure, and the black-box diagnostic (private zone); raise :class:`AuditFailure` on a fail."""
+    """Audit ``method``'s release: write ``runs/<method>/audit.json`` (the full record) and
+    ``verdict.json`` (the DVC metric), the canary figure, and the black-box diagnostic
+    (private zone); raise :class:`AuditFailure` on a fail."""
     cfg = params.audit
     paths.stage(method, "audit").mkdir(parents=True, exist_ok=True)  # the stage's DVC output
     if not method_row(method).private:  # the ceiling: no DP claim to audit
         out = {"enabled": False, "private": False, "note": "non-private ceiling: not a release"}
-        write_json(paths.audit_metrics(method), out)
+        _write(paths, method, out)
         return out
     ledger = Ledger.load(paths.ledger(method))
     out: dict[str, Any] = {
@@ -76,7 +93,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "delta": ledger.delta,
     }
     if not cfg.enabled:
-        write_json(paths.audit_metrics(method), out)
+        _write(paths, method, out)
         return out
     report, runs = white_box(params, paths, method, ledger)
     out.update(report)
@@ -86,7 +103,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         figure,
     )
     out["figure"] = str(figure.relative_to(paths.root))  # committed: not this machine's path
-    write_json(paths.audit_metrics(method), out)
+    _write(paths, method, out)
     if out["verdict"] == FAIL:
         raise AuditFailure(f"{method}: {out['reason']}")
     out["membership"] = blackbox(params, paths, method)

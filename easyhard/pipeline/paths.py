@@ -80,6 +80,10 @@ class Paths:
     def ledger(self, method: str) -> Path:
         return self.root / "runs" / method / "ledger.json"
 
+    def audit_summary(self, method: str) -> Path:
+        """The audit's three numbers for ``dvc metrics show`` (the full record: audit_metrics)."""
+        return self.root / "runs" / method / "verdict.json"
+
     def audit_metrics(self, method: str) -> Path:
         return self.root / "runs" / method / "audit.json"
 
