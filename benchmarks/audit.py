@@ -7,7 +7,7 @@ canary runs through ``dp_finetune``) with the code as it is (``correct``) or pat
 for), ``noclip`` (clipping factors 1), ``seeded`` (``privacy.randomness: seeded``: the auditor
 replays the public seed). Prints one JSON line: the audit report and the seconds it took.
 
-    python benchmarks/audit.py correct --root /tmp/auditroot --ledger runs/dpfeta/ledger.json
+    python benchmarks/audit.py correct --root /tmp/auditroot --ledger benchmarks/results/dpfeta_ledger_eps10.json
 """
 
 from __future__ import annotations

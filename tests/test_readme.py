@@ -1,8 +1,9 @@
-"""The README's results table is the committed default run's metrics, number for number.
+"""The README's first screen: short, its links resolve, and its results are the committed run's.
 
-Each row of the table under "## Results" names a method; its ε, FID and every classifier's
-accuracy (mean ± std over classifier seeds) must equal ``runs/<method>/metrics.json`` rounded as
-printed, and the dataset total must equal ``report/privacy.json`` (both committed with the run).
+When a default run's results are committed (``runs/<method>/metrics.json``), each row of the table
+under "## Results" names a method and its ε, FID and every classifier's accuracy (mean ± std over
+classifier seeds) must equal that file rounded as printed, and the dataset total must equal
+``report/privacy.json``. Without committed results the README must say so and show no numbers.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"DP-FETA": "dpfeta", "DPDM": "dpdm", "FETA-Pro": "fetapro"}
@@ -26,6 +29,27 @@ def _fmt(value: float, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+COMMITTED = all((ROOT / "runs" / m / "metrics.json").is_file() for m in ROWS.values())
+
+
+def test_readme_is_short_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)\)", text)
+    assert links
+    missing = [link for link in links if "://" not in link and not (ROOT / link).exists()]
+    assert missing == []
+
+
+def test_readme_results_say_what_is_committed():
+    section = (ROOT / "README.md").read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    if COMMITTED:
+        assert _table()
+    else:  # nothing measured for this code: say so, quote no result
+        assert "Not committed for this code yet" in section and not _table()
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no default run committed for this code")
 def test_readme_results_table_equals_the_committed_metrics():
     table = _table()
     header, rows = table[0], table[2:]
@@ -45,6 +69,7 @@ def test_readme_results_table_equals_the_committed_metrics():
         assert audit["verdict"] in cells["audit"]
 
 
+@pytest.mark.skipif(not COMMITTED, reason="no default run committed for this code")
 def test_readme_dataset_total_equals_the_committed_report():
     privacy = json.loads((ROOT / "report" / "privacy.json").read_text())
     text = (ROOT / "README.md").read_text()
