@@ -272,7 +272,8 @@ def test_finetune_fingerprint_covers_randomness_and_what_shapes_the_release(prep
 
 def test_secure_finetune_refuses_a_seeded_checkpoint_in_one_line(prepared, tmp_path):
     """The whole runner: a secure fine-tuning that finds a seeded run's checkpoint at its resume
-    path stops with one error line naming the file (exit 2) and writes no model or ledger."""
+    path stops (exit 2) with one public line pointing to its private log, where the
+    CheckpointError names the file; it writes no model or ledger."""
     from tests.test_pipeline import NB, _runner
 
     if prepared[0] != "secure":
@@ -281,11 +282,14 @@ def test_secure_finetune_refuses_a_seeded_checkpoint_in_one_line(prepared, tmp_p
     paths = Paths(run)
     ckpt = paths.checkpoint("dpdm", "finetune")
     _seeded_checkpoint(ckpt, "a seeded run's fingerprint")
-    out = "runs/dpdm/finetune/06_finetune.ipynb"
+    out = "private/runs/dpdm/finetune/06_finetune.ipynb"  # a private-zone stage
     r = _runner(run, str(NB / "06_finetune.ipynb"), out, "--method", "dpdm")
     assert r.returncode == 2, r.stderr[-2000:]
-    last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: CheckpointError: ") and str(ckpt) in last, last
-    assert "delete it" in last
+    log = "private/logs/runs/dpdm/finetune/06_finetune.log"
+    assert r.stderr.strip().splitlines()[-1] == (
+        f"error: 06_finetune (dpdm) failed in the private zone; see {log}"
+    )
+    last = [ln for ln in (run / log).read_text().splitlines() if "CheckpointError: " in ln][-1]
+    assert str(ckpt) in last and "delete it" in last, last
     assert not paths.model("dpdm", "finetune").exists() and not paths.ledger("dpdm").exists()
     assert not (run / out).exists()
