@@ -149,15 +149,39 @@ def run_notebook(
 def _execute(
     notebook: str | Path, output: Path, root: Path, extra: dict | None, zone: str, progress: bool
 ) -> None:
-    import nbformat
-    import papermill as pm
-
     from easyhard.pipeline.zones import RUN_ENV, ZONE_ENV
     from easyhard.progress import TEXT_ENV
 
-    os.environ[TEXT_ENV] = "1"  # the kernel inherits it: text progress bars, for the logs
-    os.environ[ZONE_ENV] = zone
-    os.environ[RUN_ENV] = Path(notebook).stem + "-" + str((extra or {}).get("method", "all"))
+    kernel_env = {  # what the kernel inherits; the caller's environment is restored after
+        TEXT_ENV: "1",  # text progress bars, for the logs
+        ZONE_ENV: zone,
+        RUN_ENV: Path(notebook).stem + "-" + str((extra or {}).get("method", "all")),
+    }
+    with _environment(kernel_env):
+        _papermill(notebook, output, root, extra, progress)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration (a kernel started inside inherits them)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _papermill(
+    notebook: str | Path, output: Path, root: Path, extra: dict | None, progress: bool
+) -> None:
+    import nbformat
+    import papermill as pm
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.stem}.running.ipynb")
     failed = output.with_name(f"{output.stem}.failed.ipynb")

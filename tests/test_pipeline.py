@@ -141,8 +141,8 @@ def test_audit_certifies_no_more_than_the_ledger_claims(tiny_run):
 
 def test_audit_stage_fails_in_one_line_when_the_noise_is_public(tiny_run, tmp_path):
     """A seeded release whose ledger claims eps = 1 for DP-SGD (q = 0.3, 5 steps): the audit fails
-    outright, the auditor replaying the public seed, and the stage exits non-zero with one clear
-    error line."""
+    outright, the auditor replaying the public seed; the stage exits non-zero with one public line
+    (its reason in the private log) and audit.json says fail."""
     import shutil
 
     from easyhard.privacy import Ledger, calibrate_noise_multiplier
@@ -153,14 +153,16 @@ def test_audit_stage_fails_in_one_line_when_the_noise_is_public(tiny_run, tmp_pa
     write_params(root, merge(TINY, {"privacy": {"epsilon": 1.0, "randomness": "seeded"}}))
     sgd = calibrate_noise_multiplier(1.0, 1e-4, sample_rate=0.3, steps=5)
     Ledger(1e-4, 1.0, "prv", [sgd], private=False).save(root / "runs/dpdm/ledger.json")
-    r = _runner(
-        root, str(NB / "09_audit.ipynb"), "runs/dpdm/audit/09_audit.ipynb", "--method", "dpdm"
-    )
+    out = "private/runs/dpdm/audit/09_audit.ipynb"  # the audit stage is in the private zone
+    r = _runner(root, str(NB / "09_audit.ipynb"), out, "--method", "dpdm")
     assert r.returncode == 1, r.stderr[-2000:]
+    log = "private/logs/runs/dpdm/audit/09_audit.log"
     last = r.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: AuditFailure: dpdm: privacy.randomness is seeded")
-    assert "replayable from the public seed" in last
-    assert not (root / "runs/dpdm/audit/09_audit.ipynb").exists()
+    assert last == f"error: 09_audit (dpdm) failed in the private zone; see {log}"
+    why = [ln for ln in (root / log).read_text().splitlines() if ln.startswith("AuditFailure:")]
+    assert why and why[-1].startswith("AuditFailure: dpdm: privacy.randomness is seeded")
+    assert "replayable from the public seed" in why[-1]
+    assert not (root / out).exists()
     assert json.loads((root / "runs/dpdm/audit.json").read_text())["verdict"] == "fail"
 
 
