@@ -448,3 +448,13 @@ def test_finetune_stage_on_two_processes_matches_one(tiny_run, tmp_path):
     assert [r["batch_size"] for r in hist1] == [r["batch_size"] for r in hist2]
     for name, w in weights1.items():
         assert torch.allclose(w, weights2[name], atol=1e-5), name
+
+
+def test_running_notebooks_leaves_the_callers_environment_alone(tiny_run):
+    """The runner sets the kernel's zone and run id only while it runs: an in-process caller (this
+    test session ran every notebook) is not left marked as a public-zone stage."""
+    import os
+
+    from easyhard.pipeline.zones import RUN_ENV, ZONE_ENV
+
+    assert ZONE_ENV not in os.environ and RUN_ENV not in os.environ
