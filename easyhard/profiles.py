@@ -89,6 +89,7 @@ def plan(profile: Profile, params: Params, method_name: str | None = None) -> di
     declared ``privacy.dataset_size``: that method's own warm-ups (DP-FETA: the central images;
     FETA-Pro: the central images and the frequency release), what each costs alone, the calibrated
     DP-SGD sigma and steps, and the epsilon of the whole composition."""
+    from easyhard.datasets import public_layout
     from easyhard.pipeline.methods import method
     from easyhard.privacy import PrivacyBudgetError
     from easyhard.privacy.accounting import compose_epsilon
@@ -105,7 +106,7 @@ def plan(profile: Profile, params: Params, method_name: str | None = None) -> di
             dataset_size=p.dataset_size,
             sample_rate=ft.sample_rate,
             epochs=ft.epochs,
-            warmups=row.warmups(params),
+            warmups=row.warmups(params, public_layout(params.data)),
         )
     except (PrivacyBudgetError, ValueError) as e:
         raise ConfigError(f"profile {profile.name} ({name}): {e}") from e

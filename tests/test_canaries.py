@@ -31,7 +31,7 @@ from easyhard.edm import to_model
 from easyhard.pipeline import audit
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.release import new_ledger, plan
+from easyhard.pipeline.release import layout, new_ledger, plan
 from easyhard.privacy import Ledger
 from easyhard.privacy.randomness import SecureSource, SeededSource
 
@@ -48,7 +48,7 @@ def _repo(tmp_path, **privacy) -> tuple:
     x = rng.random((60, 1, 8, 8), dtype=np.float32)
     save_npz(paths.test, ImageSet(x, np.arange(60) % 10, tuple(str(i) for i in range(10))))
     ledger = new_ledger(params)
-    ledger.add(plan(params, method_row("dpdm")).dp_sgd)  # DP-SGD alone: eps 10
+    ledger.add(plan(params, method_row("dpdm"), layout(params, paths)).dp_sgd)  # eps 10
     ledger.save(paths.ledger("dpdm"))
     return params, paths
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 
 from easyhard.config import WARMUP_SECTIONS, ConfigError, Params, defaults
+from easyhard.datasets import public_layout
 from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.release import plan
 from easyhard.privacy import compose_epsilon
@@ -15,10 +16,14 @@ from easyhard.privacy.plan import warmup_mechanism
 from easyhard.schema import from_mapping, merge, to_dict
 
 DEFAULTS = defaults()
+LAYOUT = public_layout(DEFAULTS.data)
+#: The budget mechanics of the fixed forms (the planner: tests/test_warmup.py).
+FIXED = {"central": {"plan": "fixed"}, "frequency": {"plan": "fixed"}}
 
 
 def _params(epsilon: float, **over) -> Params:
-    return from_mapping(Params, merge(to_dict(DEFAULTS), {"privacy": {"epsilon": epsilon}, **over}))
+    base = merge(to_dict(DEFAULTS), {"privacy": {"epsilon": epsilon}, **FIXED})
+    return from_mapping(Params, merge(base, over))
 
 
 def _pld_epsilon(mechanisms, delta: float) -> float:
@@ -57,7 +62,7 @@ def test_fetapro_release_at_every_epsilon_with_no_other_change(epsilon):
     """Only privacy.epsilon changes: central + frequency + DP-SGD, total within [0.99 eps, eps],
     and an independent PLD recomputation (dp-accounting) within 1%."""
     p = _params(epsilon)
-    release = plan(p, METHODS["fetapro"])
+    release = plan(p, METHODS["fetapro"], LAYOUT)
     names = [m.name for m in release.mechanisms]
     assert names == ["central_images_mean", "frequency_mmd", "dp_sgd"]
     total = compose_epsilon(list(release.mechanisms), p.privacy.delta, p.privacy.accountant)
@@ -65,7 +70,7 @@ def test_fetapro_release_at_every_epsilon_with_no_other_change(epsilon):
     assert _pld_epsilon(release.mechanisms, p.privacy.delta) == pytest.approx(total, rel=0.01)
     # every method plans at this epsilon too
     for name in ("dpfeta", "dpdm"):
-        assert plan(p, METHODS[name]).dp_sgd.noise_multiplier > 0
+        assert plan(p, METHODS[name], LAYOUT).dp_sgd.noise_multiplier > 0
 
 
 def test_shares_that_leave_dp_sgd_nothing_are_refused_in_one_line():
@@ -79,7 +84,7 @@ def test_shares_of_warmups_no_chosen_method_runs_are_not_summed():
     """DP-FETA never runs the frequency release: its share is not added to central's."""
     over = {"central": {"budget_share": 0.95}, "frequency": {"budget_share": 0.1}}
     p = _params(10.0, methods=["dpfeta"], **over)
-    release = plan(p, METHODS["dpfeta"])
+    release = plan(p, METHODS["dpfeta"], LAYOUT)
     assert [m.name for m in release.mechanisms] == ["central_images_mean", "dp_sgd"]
     assert compose_epsilon(list(release.mechanisms), 1e-5, "prv") <= 10.0
     _params(10.0, methods=["dpdm", "nonprivate"], central={"budget_share": 0.99})
@@ -110,13 +115,18 @@ def test_plan_params_ends_with_one_json_line_for_every_method(tmp_path, capsys):
 
     from easyhard.privacy.__main__ import main
 
-    over = {"methods": ["dpfeta", "nonprivate"], "central": {"budget_share": 0.95}}
+    over = {"methods": ["dpfeta", "nonprivate"], "central": {"plan": "fixed", "budget_share": 0.95}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(merge(to_dict(DEFAULTS), over)))
     assert main(["plan", "--params", str(path)]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(last) == ["dpfeta", "nonprivate"]
-    assert last["nonprivate"] == {"epsilon": None, "noise_multiplier": None, "mechanisms": []}
+    assert last["nonprivate"] == {
+        "epsilon": None,
+        "noise_multiplier": None,
+        "mechanisms": [],
+        "warmups": {},
+    }
     assert 0.99 * 10 <= last["dpfeta"]["epsilon"] <= 10
     assert last["dpfeta"]["mechanisms"] == ["central_images_mean", "dp_sgd"]
     assert last["dpfeta"]["noise_multiplier"] > 0

@@ -107,8 +107,9 @@ class Params:
             )
         for m in self.methods:
             choice("methods", m, METHODS)
-        for m in self.methods:  # only the warm-ups a chosen method runs share its budget
-            sections = WARMUP_SECTIONS[m]
+        for m in self.methods:  # the fixed warm-ups a chosen method runs share its budget
+            # (planned ones are capped by privacy.warmup_tolerance, easyhard/warmup.py)
+            sections = [k for k in WARMUP_SECTIONS[m] if getattr(self, k).plan == "fixed"]
             shares = [getattr(self, k).budget_share or 0.0 for k in sections]
             if sum(shares) >= 1:
                 names = " + ".join(f"{k}.budget_share" for k in sections)

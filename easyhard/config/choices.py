@@ -27,3 +27,4 @@ RANDOMNESS = ("secure", "seeded")  # easyhard.privacy.randomness: where DP noise
 SAMPLERS = ("heun", "euler", "dpmsolver", "sde-dpmsolver", "restart")  # easyhard.samplers.sample
 GRAD_SAMPLERS = ("layerwise", "vmap")  # easyhard.dpsgd: per-example gradient engines
 PRECISIONS = ("auto", "fp32", "bf16")  # easyhard.compute
+WARMUP_PLANS = ("auto", "fixed")  # easyhard.warmup: planned for signal, or as written

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from easyhard.config.choices import ACCOUNTANTS, DATASETS, OFFICIAL_SPLITS, RANDOMNESS
+from easyhard.config.choices import ACCOUNTANTS, DATASETS, OFFICIAL_SPLITS, RANDOMNESS, WARMUP_PLANS
 from easyhard.schema import (
     ConfigError,
     choice,
@@ -64,7 +64,8 @@ class PrivacyConfig:
     ``size_tolerance`` (relative) gets a warning in its private output and goes on (a halt that
     depends on the data would itself be a release). ``randomness``: ``secure`` (noise and
     Poisson masks from the OS CSPRNG: a private release) or ``seeded`` (from the public seed: a
-    bit-identical replay for tests, NOT a private release).
+    bit-identical replay for tests, NOT a private release). ``warmup_tolerance``: planned warm-ups
+    (easyhard/warmup.py) together raise DP-SGD's noise multiplier by at most this fraction.
     """
 
     epsilon: float
@@ -73,6 +74,7 @@ class PrivacyConfig:
     dataset_size: int
     size_tolerance: float
     randomness: str
+    warmup_tolerance: float
 
     def __post_init__(self) -> None:
         if not self.epsilon > 0:
@@ -90,6 +92,10 @@ class PrivacyConfig:
                 f"(N = privacy.dataset_size = {self.dataset_size})"
             )
         choice("privacy.randomness", self.randomness, RANDOMNESS)
+        if not 0 <= self.warmup_tolerance <= 1:
+            raise ConfigError(
+                f"privacy.warmup_tolerance must be in [0, 1], got {self.warmup_tolerance}"
+            )
 
 
 def _noise_or_share(section: str, noise_multiplier: float | None, share: float | None) -> None:
@@ -106,13 +112,22 @@ def _noise_or_share(section: str, noise_multiplier: float | None, share: float |
         in_open(f"{section}.budget_share", share, 0.0, 1.0)
 
 
+def _plan_keys(section: str, plan: str, min_snr: float) -> None:
+    choice(f"{section}.plan", plan, WARMUP_PLANS)
+    positive(f"{section}.min_snr", min_snr)
+
+
 @dataclass(frozen=True)
 class CentralConfig:
     """The easy stage's DP central-image queries (each query: Poisson subsample, per-class statistic).
 
-    The noise multiplier is either fixed (``noise_multiplier``) or calibrated, before any data is
-    touched, so that the ``queries`` queries alone cost ``budget_share * privacy.epsilon``."""
+    ``plan: auto`` (easyhard/warmup.py) chooses type, noise or share, sample rate, queries and
+    downsampling for signal from public values; ``plan: fixed`` runs them as written: the noise
+    multiplier is either fixed (``noise_multiplier``) or calibrated, before any data is touched, so
+    that the ``queries`` queries alone cost ``budget_share * privacy.epsilon``."""
 
+    plan: str
+    min_snr: float
     type: str
     noise_multiplier: float | None
     budget_share: float | None
@@ -123,6 +138,7 @@ class CentralConfig:
     postprocess: str
 
     def __post_init__(self) -> None:
+        _plan_keys("central", self.plan, self.min_snr)
         choice("central.type", self.type, ("mean", "mode"))
         _noise_or_share("central", self.noise_multiplier, self.budget_share)
         in_half_open("central.sample_rate", self.sample_rate)
@@ -141,6 +157,8 @@ class FrequencyConfig:
     noise calibrated from ``budget_share``; then ``pretrain_steps`` diffusion warm-up steps on
     ``images_per_class`` images per class of the auxiliary generator (section ``auxgen``)."""
 
+    plan: str
+    min_snr: float
     features: int
     lengthscale: float
     downsample: int
@@ -151,6 +169,7 @@ class FrequencyConfig:
     pretrain_steps: int
 
     def __post_init__(self) -> None:
+        _plan_keys("frequency", self.plan, self.min_snr)
         positive("frequency.features", self.features)
         if self.features % 2:
             raise ConfigError(f"frequency.features must be even (cos and sin), got {self.features}")

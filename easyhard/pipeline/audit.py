@@ -41,7 +41,13 @@ from easyhard.io import save_figure, write_json
 from easyhard.modelfile import build_denoiser, load_model
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.release import NOT_PRIVATE, noise_for, plan, record_nonprivate_use
+from easyhard.pipeline.release import (
+    NOT_PRIVATE,
+    layout,
+    noise_for,
+    plan,
+    record_nonprivate_use,
+)
 from easyhard.pipeline.runtime import compute_settings, device
 from easyhard.pipeline.zones import load_training
 from easyhard.plots import audit_figure
@@ -238,7 +244,8 @@ def white_box(
     report["resolvable"] = judge(params, res, resolvable, ledger, seeded)
     report["observed"] = res.observed()
     if report["resolvable"]["verdict"] != FAIL:
-        planned = plan(params, method_row(method)).dp_sgd  # as the fine-tuning stage plans it
+        public = layout(params, paths)
+        planned = plan(params, method_row(method), public).dp_sgd  # as fine-tuning plans it
         res = canary_run(params, paths, method, planned.noise_multiplier, planned.steps, seeded)
         runs["release"] = res
         report["release"] = judge(params, res, sgd, ledger, seeded)

@@ -14,6 +14,7 @@ from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import (
     NOT_PRIVATE,
+    layout,
     new_ledger,
     noise_for,
     plan,
@@ -37,11 +38,15 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     if not row.private:
         ledger.private = False
     out: dict[str, Any] = {"ledger": ledger}
-    if row.central_images:
-        cfg = params.central
+    public = layout(params, paths)
+    choice = row.warmup_plan(params, public).central
+    out["plan"] = choice.summary()
+    if row.central_images and choice.config is not None:
+        cfg = choice.config  # planned from public values (central.plan), or as written
         mech = None
         if row.private:
-            mech = plan(params, row).warmups[0]  # refuse before touching the data
+            release = plan(params, row, public)  # the whole release: refuse before any query
+            mech = next(m for m in release.warmups if m.name.startswith("central_images"))
             ledger.remaining_check(mech)
         ci = query_central_images(
             train.x,

@@ -13,11 +13,11 @@ import numpy as np
 
 from easyhard.auxgen import train_aux_generator
 from easyhard.config import Params
-from easyhard.frequency import frequency_params, release_frequency_embedding
+from easyhard.frequency import MECHANISM_NAME, frequency_params, release_frequency_embedding
 from easyhard.io import save_figure, savez
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
-from easyhard.pipeline.release import noise_for, plan, record_release
+from easyhard.pipeline.release import layout, noise_for, plan, record_release
 from easyhard.pipeline.runtime import device
 from easyhard.pipeline.zones import load_training
 from easyhard.plots import grid_figure, loss_figure
@@ -32,10 +32,14 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     out: dict[str, Any] = {"ledger": ledger}
     x = np.zeros((0, *train.shape), dtype=np.float32)
     y = np.zeros(0, dtype=np.int64)
-    if row.frequency:
-        mech = plan(params, row).warmups[-1]  # the whole release fits: refuse before any query
+    public = layout(params, paths)
+    choice = row.warmup_plan(params, public).frequency
+    out["plan"] = choice.summary()
+    if row.frequency and choice.config is not None:
+        release = plan(params, row, public)  # the whole release fits: refuse before any query
+        mech = next(m for m in release.warmups if m.name == MECHANISM_NAME)
         ledger.remaining_check(mech)
-        fp = frequency_params(params.frequency, params.privacy)
+        fp = frequency_params(choice.config, params.privacy)
         release = release_frequency_embedding(
             train.x, train.y, train.n_classes, fp, noise_for(params, "frequency"), params.seed
         )

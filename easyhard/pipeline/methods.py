@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from easyhard.central import central_mechanism
 from easyhard.config import METHODS as NAMES
 from easyhard.config import WARMUP_SECTIONS, Params
+from easyhard.datasets import Layout
 from easyhard.frequency import frequency_mechanism, frequency_params
 from easyhard.privacy import Mechanism
+from easyhard.warmup import WarmupPlan, plan_warmups
 
 
 @dataclass(frozen=True)
@@ -40,13 +42,25 @@ class Method:
             return ()
         return ("central",) * self.central_images + ("frequency",) * self.frequency
 
-    def warmups(self, params: Params) -> list[Mechanism]:
-        """The mechanisms this method spends before DP-SGD, known before any data is touched."""
+    def warmup_plan(self, params: Params, layout: Layout) -> WarmupPlan:
+        """The warm-ups' settings (``plan: auto``: planned for signal, easyhard/warmup.py), from
+        public values only. The ceiling runs DP-FETA's planned settings without noise."""
+        if not self.private:
+            return plan_warmups(params, layout, self.central_images, False)
+        return plan_warmups(params, layout, self.central_images, self.frequency)
+
+    def warmups(self, params: Params, layout: Layout) -> list[Mechanism]:
+        """The mechanisms this method spends before DP-SGD (a warm-up planned off spends none),
+        known before any data is touched."""
         if not self.private:
             return []
-        out = [central_mechanism(params.central, params.privacy)] if self.central_images else []
-        if self.frequency:
-            out.append(frequency_mechanism(frequency_params(params.frequency, params.privacy)))
+        plan = self.warmup_plan(params, layout)
+        out = []
+        if plan.central.config is not None:
+            out.append(central_mechanism(plan.central.config, params.privacy))
+        if plan.frequency.config is not None:
+            fp = frequency_params(plan.frequency.config, params.privacy)
+            out.append(frequency_mechanism(fp))
         return out
 
 

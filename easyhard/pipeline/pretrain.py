@@ -34,17 +34,20 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     den = build_denoiser(params.network, layout.shape, layout.n_classes, params.edm.sigma_data)
     den.to(device(params))
     curves: dict[str, list[dict[str, float]]] = {}
-    if row.central_images:
+    # a warm-up the planner turned off (no signal at its share) wrote an empty image set
+    central = row.central_images and _count(paths.central(method)) > 0
+    frequency = row.frequency and _count(paths.frequency_images(method)) > 0
+    if central:
         curves["central images"] = _phase(
             params, paths, method, den, paths.central(method), params.pretrain, "pretrain"
         )
-    if row.frequency and params.frequency.pretrain_steps:
+    if frequency and params.frequency.pretrain_steps:
         cfg = replace(params.pretrain, steps=params.frequency.pretrain_steps)
         curves["generator images"] = _phase(
             params, paths, method, den, paths.frequency_images(method), cfg, "pretrain_frequency"
         )
     rows = [r for phase in curves.values() for r in phase]
-    steps = params.pretrain.steps if row.central_images else 0
+    steps = params.pretrain.steps if central else 0
     if "generator images" in curves:
         steps += params.frequency.pretrain_steps
     save_model(
@@ -60,6 +63,14 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         fig = loss_figure(curves, title="pretraining (warm-up on already-DP images)")
         out["figure"] = save_figure(fig, paths.figure(method, "pretrain", "loss"))
     return out
+
+
+def _count(images: Path) -> int:
+    """Number of images in a warm-up's (public) image file."""
+    if not images.is_file():
+        raise ValueError(f"no warm-up images at {images} (run the stage before first)")
+    with np.load(images) as f:
+        return len(f["y"])
 
 
 def _phase(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from easyhard.config import Params
 from easyhard.config.choices import BUNDLED_DATASETS
 from easyhard.data import load_npz
+from easyhard.datasets import Layout, public_layout
 from easyhard.pipeline.methods import Method
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.zones import load_training
@@ -39,7 +40,13 @@ def size_warning(params: Params, n: int) -> str | None:
     return None
 
 
-def plan(params: Params, method: Method) -> Plan:
+def layout(params: Params, paths: Paths) -> Layout:
+    """The public layout (classes, shape) the warm-up planner uses: the named dataset's, or the
+    held-out split's (declared public), never the training split's."""
+    return public_layout(params.data, paths.test)
+
+
+def plan(params: Params, method: Method, layout: Layout) -> Plan:
     """The whole release of ``method`` (warm-ups, then DP-SGD calibrated to what remains), planned
     from public values. Every stage that queries the data calls it first, so an impossible budget
     split is refused in one line before any query."""
@@ -50,7 +57,7 @@ def plan(params: Params, method: Method) -> Plan:
         dataset_size=params.privacy.dataset_size,
         sample_rate=params.finetune.sample_rate,
         epochs=params.finetune.epochs,
-        warmups=method.warmups(params),
+        warmups=method.warmups(params, layout),
     )
 
 

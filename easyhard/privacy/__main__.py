@@ -221,16 +221,21 @@ def _report(ledger: Ledger) -> dict[str, Any]:
 
 
 def _plan_params(args: argparse.Namespace) -> None:
-    """Plan each method of a params file with :func:`easyhard.pipeline.release.plan`: a table per
-    release (one method's run), then one JSON line, ``{method: {"epsilon", "noise_multiplier",
-    "mechanisms"}}`` (the non-private ceiling: ``epsilon`` null, not a release)."""
+    """Plan each method of a params file with :func:`easyhard.pipeline.release.plan`, the stages'
+    own planner: per release (one method's run) the warm-ups' planned settings (easyhard/warmup.py:
+    predicted per-pixel noise std, SNR, share) and the ledger, then one JSON line, ``{method:
+    {"epsilon", "noise_multiplier", "mechanisms", "warmups"}}`` (the non-private ceiling:
+    ``epsilon`` null, not a release). Public values only: nothing under ``private/`` is read."""
     import json
+    from pathlib import Path
 
     from easyhard.config import load_params
     from easyhard.pipeline.methods import method as method_row
-    from easyhard.pipeline.release import plan
+    from easyhard.pipeline.paths import Paths
+    from easyhard.pipeline.release import layout, plan
 
     params = load_params(args.params)
+    public = layout(params, Paths(Path(args.params).resolve().parent))
     names = [args.method] if args.method else list(params.methods)
     rows = [method_row(n) for n in names]
     p = params.privacy
@@ -239,9 +244,24 @@ def _plan_params(args: argparse.Namespace) -> None:
         print(f"\n{row.name} ({row.title}):")
         if not row.private:
             print("  not a release (no noise, no clipping): nothing to plan")
-            summary[row.name] = {"epsilon": None, "noise_multiplier": None, "mechanisms": []}
+            summary[row.name] = {
+                "epsilon": None,
+                "noise_multiplier": None,
+                "mechanisms": [],
+                "warmups": {},
+            }
             continue
-        release = plan(params, row)
+        warm = row.warmup_plan(params, public)
+        warmups = {}
+        for what, choice, run in (
+            ("central", warm.central, row.central_images),
+            ("frequency", warm.frequency, row.frequency),
+        ):
+            if not run:
+                continue
+            warmups[what] = choice.summary()
+            print(f"  {what}: {_describe(what, choice)}")
+        release = plan(params, row, public)
         ledger = Ledger(
             delta=p.delta,
             target_epsilon=p.epsilon,
@@ -253,8 +273,30 @@ def _plan_params(args: argparse.Namespace) -> None:
             "epsilon": record["epsilon"],
             "noise_multiplier": release.dp_sgd.noise_multiplier,
             "mechanisms": [m.name for m in release.mechanisms],
+            "warmups": warmups,
         }
     print(json.dumps(summary))
+
+
+def _describe(what: str, choice: Any) -> str:
+    """One line for a planned warm-up: its settings, share, predicted noise and SNR (or why off)."""
+    if choice.config is None:
+        return choice.reason
+    cfg = choice.config
+    if what == "central":
+        setting = (
+            f"{cfg.type}, downsample {cfg.downsample}, q={cfg.sample_rate:g}, "
+            f"{cfg.queries} quer{'y' if cfg.queries == 1 else 'ies'}"
+        )
+    else:
+        setting = f"{cfg.features} features, q={cfg.sample_rate:g}"
+    if choice.reason == "fixed":
+        return f"{setting} (fixed, as written)"
+    return (
+        f"{setting}, share {choice.share:.3g} of epsilon; predicted noise std "
+        f"{choice.noise_std:.3g} per {'pixel' if what == 'central' else 'entry'}, "
+        f"SNR {choice.snr:.2f} ({choice.reason})"
+    )
 
 
 def _plan(args: argparse.Namespace) -> None:

@@ -1,0 +1,123 @@
+"""The warm-up planner (easyhard/warmup.py): choices from public values only, a warm-up without
+signal spends nothing, the cap on DP-SGD's noise holds, and the CLI prints what the stages run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from easyhard.config import Params, defaults
+from easyhard.data import ImageSet, save_npz
+from easyhard.datasets import Layout, public_layout
+from easyhard.pipeline.methods import METHODS
+from easyhard.pipeline.paths import Paths
+from easyhard.pipeline.release import layout, plan
+from easyhard.privacy import compose_epsilon
+from easyhard.schema import from_mapping, merge, to_dict
+from easyhard.warmup import central_snr, plan_warmups, release_errors, warmup_cap
+
+DEFAULTS = defaults()
+MNIST = Layout(10, (1, 28, 28))
+
+
+def _params(epsilon: float = 10.0, **over) -> Params:
+    base = merge(to_dict(DEFAULTS), {"privacy": {"epsilon": epsilon}})
+    return from_mapping(Params, merge(base, over))
+
+
+def _folder_repo(tmp_path, seed: int, n: int) -> tuple[Params, Paths]:
+    """A folder source whose public held-out split has ``n`` random 28x28 images in 10 classes."""
+    params = _params(data={"name": "folder", "root": str(tmp_path / "raw")})
+    paths = Paths(tmp_path)
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, 1, 28, 28), dtype=np.float32)
+    save_npz(paths.test, ImageSet(x, np.arange(n) % 10, tuple(str(i) for i in range(10))))
+    return params, paths
+
+
+def test_two_datasets_with_the_same_declared_n_classes_and_shape_get_the_same_plan(tmp_path):
+    """Only public values enter: two sources with different images (and sizes) but the same
+    declared N, K and shape are planned identically, and like the named dataset of that layout."""
+    a = _folder_repo(tmp_path / "a", seed=1, n=50)
+    b = _folder_repo(tmp_path / "b", seed=2, n=80)
+    la, lb = layout(*a), layout(*b)
+    assert la == lb == MNIST == public_layout(DEFAULTS.data)
+    for name in ("dpfeta", "fetapro"):
+        row = METHODS[name]
+        assert row.warmup_plan(a[0], la) == row.warmup_plan(b[0], lb)
+        assert plan(a[0], row, la) == plan(b[0], row, lb) == plan(DEFAULTS, row, MNIST)
+
+
+def test_the_warmups_keep_dp_sgd_noise_within_the_tolerance():
+    """Criterion: all planned warm-ups together raise DP-SGD's noise multiplier by at most
+    privacy.warmup_tolerance (the final prv calibration, not only the rdp search)."""
+    for eps in (1.0, 10.0):
+        p = _params(eps)
+        alone = plan(p, METHODS["dpdm"], MNIST).dp_sgd.noise_multiplier
+        for name in ("dpfeta", "fetapro"):
+            release = plan(p, METHODS[name], MNIST)
+            tol = p.privacy.warmup_tolerance
+            assert release.dp_sgd.noise_multiplier <= (1 + tol) * alone
+            total = compose_epsilon(list(release.mechanisms), p.privacy.delta, "prv")
+            assert 0.99 * eps <= total <= eps
+        assert 0 < warmup_cap(p) < 1
+
+
+def test_where_no_setting_has_signal_the_warmup_spends_nothing():
+    """A declared N so small that no central-image setting reaches min_snr: DP-FETA's plan spends
+    0 on the easy stage and its DP-SGD noise equals DPDM's (DP-FETA degrades to DPDM)."""
+    p = _params(1.0, privacy={"epsilon": 1.0, "dataset_size": 200, "delta": 1e-4})
+    wp = plan_warmups(p, MNIST, True, True)
+    assert wp.central.config is None and wp.central.share == 0.0
+    assert wp.frequency.config is None and "nothing spent" in wp.central.reason
+    dpfeta, dpdm = plan(p, METHODS["dpfeta"], MNIST), plan(p, METHODS["dpdm"], MNIST)
+    assert [m.name for m in dpfeta.mechanisms] == ["dp_sgd"]
+    assert dpfeta.dp_sgd == dpdm.dp_sgd
+
+
+def test_the_default_plan_has_signal_at_eps_1_and_10():
+    """At the defaults the chosen central images are predicted clean (SNR above min_snr), and the
+    planned per-pixel noise is far below the old fixed default's (share 0.1, q 0.5, 10 queries at
+    7x7: std 1.73 at eps 1, 0.217 at eps 10)."""
+    for eps, old_std in ((1.0, 1.73), (10.0, 0.217)):
+        c = plan_warmups(_params(eps), MNIST, True, False).central
+        assert c.config is not None and c.snr >= DEFAULTS.central.min_snr
+        assert c.noise_std < old_std / 3
+
+
+def test_predicted_error_grows_with_noise_and_reproduces_the_mechanism():
+    """The proxy simulation: error 0 at std 0 without post-processing at full resolution; mean
+    release error increases with noise; SNR is contrast / error."""
+    errs = release_errors(MNIST, "mean", 1, 8, "none", (0.0, 0.05, 0.2, 1.0))
+    assert errs[0] == pytest.approx(0.0, abs=1e-6)
+    assert np.all(np.diff(errs) > 0)
+    assert central_snr(MNIST, "mean", 2, 8, "none", 0.1) > central_snr(
+        MNIST, "mean", 2, 8, "none", 0.4
+    )
+
+
+def test_the_plan_printed_by_the_cli_is_the_one_the_stages_run(tmp_path, capsys):
+    """`python -m easyhard.privacy plan --params`: its JSON line's warm-up settings and mechanisms
+    equal what release.plan (called by the central, frequency and fine-tuning stages) gives."""
+    from easyhard.privacy.__main__ import main
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(to_dict(DEFAULTS)))
+    assert main(["plan", "--params", str(path)]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("dpfeta", "fetapro"):
+        row = METHODS[name]
+        release = plan(DEFAULTS, row, MNIST)
+        assert last[name]["mechanisms"] == [m.name for m in release.mechanisms]
+        assert last[name]["noise_multiplier"] == release.dp_sgd.noise_multiplier
+        wp = row.warmup_plan(DEFAULTS, MNIST)
+        assert last[name]["warmups"]["central"] == json.loads(json.dumps(wp.central.summary()))
+
+
+def test_fixed_plans_run_as_written():
+    p = _params(central={"plan": "fixed"}, frequency={"plan": "fixed"})
+    wp = plan_warmups(p, MNIST, True, True)
+    assert wp.central.config == p.central and wp.frequency.config == p.frequency
