@@ -1,13 +1,22 @@
 """Collect a privacy sweep (DVC experiments or metrics files) into quality-vs-ε plots and a table.
 
-    dvc exp run -S privacy.epsilon=1                  # ... one run per budget
+    dvc exp run -S privacy.epsilon=1 -S seed=1        # ... one run per budget and repeat
+    python -m easyhard.sweep --run --epsilon 1 10 --repeats 3   # or let it run them all
     python -m easyhard.sweep                          # runs `dvc exp show --json` itself
     python -m easyhard.sweep --exp-json exps.json     # or a saved `dvc exp show --json` output
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
 
-Writes ``report/sweep/sweep.json`` (one row per experiment and method), ``quality_vs_epsilon.png``
-(FID and downstream accuracy against the target ε, one line per method; the non-private ceiling,
-which has no ε, as a horizontal line) and prints a markdown table.
+Repeats. ``seed`` is the repeat axis: every stage reads it, so ``dvc exp run -S seed=k`` reruns
+the whole pipeline (never restored from DVC's run-cache), with a new public seed and, in a secure
+run, new secret noise: independent whole-pipeline runs. Runs of one method at one target ε are
+summarised as mean ± std over their repeats (:func:`summarise`).
+
+Writes ``report/sweep/sweep.json`` (one row per method and target ε: ``fid``, ``fid_std``,
+``<classifier>_acc_mean``, ``<classifier>_acc_std``, both stds over the ``repeats`` whole-pipeline
+runs, their ``seeds``), ``runs.json`` (one row per experiment and method) and
+``quality_vs_epsilon.png`` (FID and downstream accuracy against the target ε, one line per method
+with the repeat spread; the non-private ceiling, which has no ε, as a horizontal line) and prints
+both as markdown tables.
 
 A row holds the keys of ``runs/<method>/metrics.json`` (:func:`easyhard.pipeline.evaluate.headline`:
 ``epsilon``, ``private``, ``fid``, ``<classifier>``, ``<classifier>_sd``) plus ``experiment``,
@@ -39,7 +48,7 @@ def _states(entries: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]
 
 
 def _metric_rows(
-    metrics: Mapping[str, Any], exp: str, target: float | None
+    metrics: Mapping[str, Any], exp: str, target: float | None, seed: int | None = None
 ) -> list[dict[str, Any]]:
     rows = []
     for path, result in metrics.items():
@@ -49,7 +58,10 @@ def _metric_rows(
             continue
         if target is None:
             continue
-        rows.append({"experiment": exp, "method": parts[-2], **data, "target_epsilon": target})
+        rows.append(
+            {"experiment": exp, "method": parts[-2], **data}
+            | {"target_epsilon": target, "seed": seed}
+        )
     return rows
 
 
@@ -68,7 +80,8 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         target = None if target is None else float(target)
         rev = str(state["rev"])
         name = state.get("name") or (rev[:7] if len(rev) == 40 else rev)  # e.g. "workspace"
-        rows.extend(_metric_rows(data.get("metrics") or {}, name, target))
+        seed = params.get("seed")
+        rows.extend(_metric_rows(data.get("metrics") or {}, name, target, seed))
     return rows
 
 
@@ -85,15 +98,80 @@ def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]
             raise FileNotFoundError(
                 f"{details} not found (the evaluate stage writes it beside {p})"
             )
-        target = json.loads(details.read_text()).get("target_epsilon")
+        info = json.loads(details.read_text())
+        target = info.get("target_epsilon")
         if target is None:
             raise ValueError(f"{details} has no target_epsilon (not an evaluate-stage file)")
         data = json.loads(p.read_text())
         rows.append(
             {"experiment": str(p.parent.parent.parent), "method": p.parent.name, **data}
-            | {"target_epsilon": float(target)}
+            | {"target_epsilon": float(target), "seed": info.get("seed")}
         )
     return rows
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (0 for one value; None for none)."""
+    import statistics
+
+    if not values:
+        return None, None
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(
+    rows: Sequence[Mapping[str, Any]], classifiers: Sequence[str] = CLASSIFIERS
+) -> list[dict[str, Any]]:
+    """One row per (method, target ε): mean ± std over its whole-pipeline repeats of the FID and
+    of each classifier's accuracy (each run's accuracy is its mean over classifier seeds)."""
+    groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((str(r["method"]), float(r["target_epsilon"])), []).append(r)
+    out = []
+    for (method, target), rs in sorted(groups.items()):
+        eps = [r["epsilon"] for r in rs if r.get("epsilon") is not None]
+        row: dict[str, Any] = {
+            "method": method,
+            "target_epsilon": None if len(eps) < len(rs) else target,
+            "epsilon": max(eps) if len(eps) == len(rs) else None,
+            "private": all(bool(r.get("private")) for r in rs),
+            "repeats": len(rs),
+            "seeds": sorted({r.get("seed") for r in rs}, key=lambda v: (v is None, v)),
+            "experiments": [r["experiment"] for r in rs],
+        }
+        row["fid"], row["fid_std"] = _mean_std([r["fid"] for r in rs if r.get("fid") is not None])
+        for c in classifiers:
+            mean, std = _mean_std([r[c] for r in rs if r.get(c) is not None])
+            if mean is not None:
+                row[f"{c}_acc_mean"], row[f"{c}_acc_std"] = mean, std
+        out.append(row)
+    return out
+
+
+def summary_table(
+    summary: Sequence[Mapping[str, Any]], classifiers: Sequence[str] = CLASSIFIERS
+) -> list[str]:
+    """The summary as markdown: mean ± std over whole-pipeline repeats."""
+    head = ["method", "ε target", "repeats", "FID ↓", *(f"{c} acc ↑" for c in classifiers)]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in summary:
+        cells = [
+            r["method"],
+            "∞ (not private)" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}",
+            str(r["repeats"]),
+            "–" if r.get("fid") is None else f"{r['fid']:.1f} ± {r['fid_std']:.1f}",
+        ]
+        for c in classifiers:
+            m = r.get(f"{c}_acc_mean")
+            cells.append("–" if m is None else f"{m:.3f} ± {r[f'{c}_acc_std']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "± : standard deviation over whole-pipeline repeats (each with its own seed and, in a "
+        "secure run, new secret noise); 0 for a single run."
+    )
+    return lines
 
 
 def _ceiling(row: Mapping[str, Any]) -> bool:
@@ -132,7 +210,8 @@ def markdown_table(
 
 
 def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[str, Path]:
-    """``sweep.json`` and ``quality_vs_epsilon.png`` in ``out``."""
+    """``sweep.json`` (the summary over repeats), ``runs.json`` (every run) and
+    ``quality_vs_epsilon.png`` in ``out``."""
     from easyhard.io import save_figure, write_json
     from easyhard.plots import quality_vs_epsilon_figure
 
@@ -140,12 +219,34 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[st
         raise ValueError("no runs with metrics found (run the pipeline or an experiment first)")
     out = Path(out)
     classifiers = [c for c in CLASSIFIERS if any(c in r for r in rows)]
-    write_json(out / "sweep.json", list(rows))
-    fig = quality_vs_epsilon_figure(rows, classifiers)
+    summary = summarise(rows, classifiers)
+    write_json(out / "sweep.json", summary)
+    write_json(out / "runs.json", list(rows))
+    fig = quality_vs_epsilon_figure(summary, classifiers)
     return {
         "json": out / "sweep.json",
+        "runs": out / "runs.json",
         "figure": save_figure(fig, out / "quality_vs_epsilon.png"),
     }
+
+
+def experiment_commands(epsilons: Sequence[float], repeats: int) -> list[list[str]]:
+    """The ``dvc exp run`` command of every (target ε, repeat): the repeat is the public seed."""
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    return [
+        ["dvc", "exp", "run", "-S", f"privacy.epsilon={eps:g}", "-S", f"seed={seed}"]
+        for eps in epsilons
+        for seed in range(repeats)
+    ]
+
+
+def run_experiments(epsilons: Sequence[float], repeats: int) -> None:
+    """Run every experiment of the sweep, one after the other (each a whole-pipeline run)."""
+    for cmd in experiment_commands(epsilons, repeats):
+        print("$ " + " ".join(cmd), flush=True)
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise ValueError(f"`{' '.join(cmd)}` failed")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,8 +259,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("metrics", nargs="*", help="runs/<method>/metrics.json files (instead of DVC)")
     p.add_argument("--exp-json", help="saved output of `dvc exp show --json`")
     p.add_argument("--out", default=str(OUT), help=f"output folder (default {OUT})")
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="first run `dvc exp run -S privacy.epsilon=E -S seed=S` for every --epsilon and "
+        "repeat (seeds 0 .. --repeats - 1), one after the other",
+    )
+    p.add_argument("--epsilon", type=float, nargs="+", default=[1.0, 10.0], help="with --run")
+    p.add_argument("--repeats", type=int, default=3, help="with --run: whole-pipeline repeats")
     args = p.parse_args(argv)
     try:
+        if args.run:
+            run_experiments(args.epsilon, args.repeats)
         if args.metrics:
             rows = rows_from_metrics_files(args.metrics)
         else:
@@ -178,7 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(markdown_table(rows)))
-    print(f"wrote {written['json']} and {written['figure']}")
+    print()
+    print("\n".join(summary_table(summarise(rows))))
+    print(f"wrote {written['json']}, {written['runs']} and {written['figure']}")
     return 0
 
 

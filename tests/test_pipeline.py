@@ -330,7 +330,7 @@ def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path, spen
     from easyhard.pipeline.notebook import setup
     from easyhard.privacy import PrivacyBudgetError
 
-    fixed = {"noise_multiplier": 5.0, "budget_share": None}
+    fixed = {"plan": "fixed", "noise_multiplier": 5.0, "budget_share": None}
     write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}, "central": fixed}))
     params, paths = setup({}, tmp_path)
     prepare.run(params, paths)
@@ -340,10 +340,12 @@ def test_central_images_refused_when_they_alone_exceed_the_budget(tmp_path, spen
     assert not (tmp_path / "runs").exists() and not (spend_store / "sources").exists()
     # the frequency release, planned with the central images, is refused the same way
     (paths.stage("fetapro", "central")).mkdir(parents=True)
-    write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}}))
+    as_written = {"central": {"plan": "fixed"}}
+    write_params(tmp_path, merge(TINY, {"privacy": {"epsilon": 0.05}, **as_written}))
     ok, _ = setup({}, tmp_path)
     central_images.run(ok, paths, "fetapro")  # the shares fit: central images released
-    bad, _ = setup({"frequency": {"noise_multiplier": 0.5, "budget_share": None}}, tmp_path)
+    over = {"plan": "fixed", "noise_multiplier": 0.5, "budget_share": None}
+    bad, _ = setup({"frequency": over}, tmp_path)
     with pytest.raises(PrivacyBudgetError):
         frequency.run(bad, paths, "fetapro")
     assert not paths.frequency_ledger("fetapro").exists()

@@ -86,7 +86,8 @@ def test_rows_from_exp_show():
 def test_outputs_and_table(tmp_path):
     rows = sweep.rows_from_exp_show(EXP_SHOW)
     written = sweep.write_outputs(rows, tmp_path)
-    assert json.loads(written["json"].read_text()) == rows
+    assert json.loads(written["runs"].read_text()) == rows
+    assert json.loads(written["json"].read_text()) == sweep.summarise(rows)
     assert written["figure"].stat().st_size > 0
     table = sweep.markdown_table(rows)
     assert table[0].startswith("| experiment | method | ε target |") and len(table) == 2 + 8 + 2
@@ -99,11 +100,12 @@ def test_outputs_and_table(tmp_path):
 def test_figure_axes():
     from easyhard.plots import quality_vs_epsilon_figure
 
-    fig = quality_vs_epsilon_figure(sweep.rows_from_exp_show(EXP_SHOW))
+    fig = quality_vs_epsilon_figure(sweep.summarise(sweep.rows_from_exp_show(EXP_SHOW)))
     ax_fid, ax_acc = fig.axes
     assert ax_fid.get_xscale() == "log" and ax_acc.get_xscale() == "log"
-    assert len(ax_fid.get_lines()) == 2  # one FID line per method
+    assert len(ax_fid.containers) == 2  # one FID line per method, with the repeat spread
     assert len(ax_acc.containers) == 6  # 2 methods x 3 classifiers, with error bars
+    assert "± over 2 whole-pipeline repeats" in ax_acc.get_title()  # workspace + main at eps 10
 
 
 def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
@@ -134,8 +136,8 @@ def test_the_non_private_ceiling_has_no_epsilon_spent(tmp_path, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if "nonprivate" in line)
     assert "| nonprivate | – | ∞ (not private) | 140.0 |" in row
     rows = sweep.rows_from_metrics_files([f]) + sweep.rows_from_exp_show(EXP_SHOW)
-    ax_fid, _ = quality_vs_epsilon_figure(rows).axes
-    flat = [ln for ln in ax_fid.get_lines() if len(set(ln.get_ydata())) == 1]
+    ax_fid, _ = quality_vs_epsilon_figure(sweep.summarise(rows)).axes
+    flat = [ln for ln in ax_fid.get_lines() if ln.get_linestyle() == "--"]
     assert [ln.get_ydata()[0] for ln in flat] == [140.0]
 
 
@@ -146,3 +148,57 @@ def test_a_metrics_file_without_its_details_is_refused_in_one_line(tmp_path, cap
     assert sweep.main([str(f), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "details.json" in err and "\n" not in err
+
+
+def test_repeats_are_summarised_as_mean_and_std_over_whole_pipeline_runs(tmp_path, capsys):
+    """Three runs (seeds 0, 1, 2) of one method at one ε: sweep.json holds one row with the mean
+    and the sample std over the repeats of the FID and of each classifier's accuracy."""
+    files = []
+    for seed, (fid, acc) in enumerate([(100.0, 0.5), (110.0, 0.6), (120.0, 0.7)]):
+        f = write_run(tmp_path / f"r{seed}" / "runs" / "dpfeta", 1.0, metrics(1.0, fid, acc))
+        details = tmp_path / f"r{seed}" / "runs" / "dpfeta" / "evaluate" / "details.json"
+        details.write_text(json.dumps({"target_epsilon": 1.0, "seed": seed}))
+        files.append(f)
+    out = tmp_path / "out"
+    assert sweep.main([*files, "--out", str(out)]) == 0
+    (row,) = json.loads((out / "sweep.json").read_text())
+    assert row["method"] == "dpfeta" and row["target_epsilon"] == 1.0
+    assert row["repeats"] == 3 and row["seeds"] == [0, 1, 2]
+    assert row["fid"] == pytest.approx(110.0) and row["fid_std"] == pytest.approx(10.0)
+    assert row["cnn_acc_mean"] == pytest.approx(0.6) and row["cnn_acc_std"] == pytest.approx(0.1)
+    assert row["logreg_acc_mean"] == pytest.approx(0.5)
+    text = capsys.readouterr().out
+    assert "| dpfeta | 1 | 3 | 110.0 ± 10.0 | 0.600 ± 0.100 |" in text
+    assert "standard deviation over whole-pipeline repeats" in text
+
+
+def test_run_queues_one_experiment_per_epsilon_and_repeat(tmp_path, monkeypatch, capsys):
+    """`--run`: `dvc exp run -S privacy.epsilon=E -S seed=S` for each E and seed 0..R-1, in order
+    (a stand-in `dvc` records its arguments), then the collection from `dvc exp show --json`."""
+    import os
+    import stat
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "dvc"
+    fake.parent.mkdir()
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        f'if [ "$1 $2" = "exp show" ]; then cat {tmp_path / "exps.json"}; fi\n'
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "exps.json").write_text(json.dumps(EXP_SHOW))
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    out = tmp_path / "out"
+    assert sweep.main(["--run", "--epsilon", "1", "10", "--repeats", "2", "--out", str(out)]) == 0
+    calls = log.read_text().splitlines()
+    assert calls == [
+        "exp run -S privacy.epsilon=1 -S seed=0",
+        "exp run -S privacy.epsilon=1 -S seed=1",
+        "exp run -S privacy.epsilon=10 -S seed=0",
+        "exp run -S privacy.epsilon=10 -S seed=1",
+        "exp show --json",
+    ]
+    assert (out / "sweep.json").is_file()
+    with pytest.raises(ValueError, match="repeats"):
+        sweep.experiment_commands([1.0], 0)
