@@ -119,50 +119,38 @@ def comparison_bars(
 def quality_vs_epsilon_figure(
     rows: Sequence[Mapping[str, object]], classifiers: Sequence[str] = CLASSIFIERS
 ) -> Figure:
-    """FID (left) and downstream accuracy (right), each mean ± std over whole-pipeline repeats,
+    """FID (left) and downstream accuracy (right, mean ± std over classifier seeds per classifier)
     against the target ε, one line per method; a method with no ε (the non-private ceiling) is a
-    horizontal dashed line at its mean. ``rows``: :func:`easyhard.sweep.summarise` rows
-    (``method``, ``target_epsilon``, ``epsilon``, ``fid``, ``fid_std``, ``<classifier>_acc_mean``,
-    ``<classifier>_acc_std``, ``repeats``)."""
+    horizontal dashed line at its mean. ``rows``: :func:`easyhard.sweep.rows_from_exp_show` rows
+    (``method``, ``target_epsilon``, ``epsilon``, ``fid``, ``<classifier>``, ``<classifier>_sd``)."""
     methods = sorted({str(r["method"]) for r in rows})
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     markers = ["o", "s", "^", "D", "v"]
     for i, m in enumerate(methods):
-        rs = [r for r in rows if r["method"] == m]
+        rs = sorted((r for r in rows if r["method"] == m), key=lambda r: float(r["target_epsilon"]))
         c = colors[i % len(colors)]
         if all(r.get("epsilon") is None for r in rs):  # not private: no ε to plot against
             _ceiling_lines(ax_fid, ax_acc, rs, classifiers, c, m)
             continue
-        rs = sorted(rs, key=lambda r: float(r["target_epsilon"]))
         eps = [float(r["target_epsilon"]) for r in rs]
         if any(r.get("fid") is not None for r in rs):
-            ax_fid.errorbar(
-                eps,
-                [_num(r.get("fid")) for r in rs],
-                yerr=[_num(r.get("fid_std"), 0.0) for r in rs],
-                fmt="o-",
-                color=c,
-                capsize=3,
-                label=m,
-            )
+            ax_fid.plot(eps, [_num(r.get("fid")) for r in rs], "o-", color=c, label=m)
         for j, name in enumerate(classifiers):
-            if not any(r.get(f"{name}_acc_mean") is not None for r in rs):
+            if not any(r.get(name) is not None for r in rs):
                 continue
             ax_acc.errorbar(
                 eps,
-                [_num(r.get(f"{name}_acc_mean")) for r in rs],
-                yerr=[_num(r.get(f"{name}_acc_std"), 0.0) for r in rs],
+                [_num(r.get(name)) for r in rs],
+                yerr=[_num(r.get(f"{name}_sd"), 0.0) for r in rs],
                 color=c,
                 marker=markers[j % len(markers)],
                 capsize=3,
                 ls=["-", "--", ":"][j % 3],
                 label=f"{m} {name}",
             )
-    n = max((int(r.get("repeats") or 1) for r in rows), default=1)
-    spread = f"± over {n} whole-pipeline repeats" if n > 1 else "one run per point"
-    ax_fid.set_title(f"FID to held-out real images ↓ ({spread})", fontsize=9)
-    ax_acc.set_title(f"accuracy on real test images ↑ ({spread})", fontsize=9)
+    ax_fid.set_title("FID to held-out real images (lower is better)", fontsize=9)
+    ax_acc.set_title("accuracy on real test images (± over classifier seeds)", fontsize=9)
     for ax, label in ((ax_fid, "FID ↓"), (ax_acc, "accuracy ↑")):
         ax.set_xscale("log")
         ax.set_xlabel("ε (target)")
@@ -184,7 +172,7 @@ def _ceiling_lines(ax_fid, ax_acc, rs, classifiers, color, name) -> None:  # noq
     if fids:
         ax_fid.axhline(np.nanmean(fids), color=color, ls="--", label=f"{name} (not private)")
     for c in classifiers:
-        accs = [_num(r.get(f"{c}_acc_mean")) for r in rs]
+        accs = [_num(r.get(c)) for r in rs]
         if accs and not np.all(np.isnan(accs)):
             ax_acc.axhline(
                 np.nanmean(accs), color=color, ls="--", lw=1, label=f"{name} {c} (not private)"

@@ -6,9 +6,10 @@
     python -m easyhard.sweep --exp-json exps.json     # or a saved `dvc exp show --json` output
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
 
-Repeats. ``seed`` is the repeat axis: every stage reads it, so ``dvc exp run -S seed=k`` reruns
-the whole pipeline (never restored from DVC's run-cache), with a new public seed and, in a secure
-run, new secret noise: independent whole-pipeline runs. Runs of one method at one target ε are
+Repeats. ``seed`` is the repeat axis: every stage but ``report`` lists it (and ``report`` follows
+their outputs), so ``dvc exp run -S seed=k`` reruns the whole pipeline (never restored from DVC's
+run-cache), with a new public seed and, in a secure run, new secret noise: independent
+whole-pipeline runs. A row's seed comes from the experiment's params (``None`` for metrics files). Runs of one method at one target ε are
 summarised as mean ± std over their repeats (:func:`summarise`).
 
 Writes ``report/sweep/sweep.json`` (one row per method and target ε: ``fid``, ``fid_std``,
@@ -209,11 +210,43 @@ def markdown_table(
     return lines
 
 
+def summary_figure(summary: Sequence[Mapping[str, Any]], classifiers: Sequence[str]) -> Any:
+    """:func:`easyhard.plots.quality_vs_epsilon_figure` of the summary: FID and each classifier's
+    accuracy per method against the target ε, error bars = std over whole-pipeline repeats."""
+    from easyhard.plots import quality_vs_epsilon_figure
+
+    rows = []
+    for r in summary:
+        row = {k: r.get(k) for k in ("method", "target_epsilon", "epsilon", "fid")}
+        row["target_epsilon"] = row["target_epsilon"] or 0.0  # the ceiling: drawn as a line
+        for c in classifiers:
+            if r.get(f"{c}_acc_mean") is not None:
+                row[c], row[f"{c}_sd"] = r[f"{c}_acc_mean"], r[f"{c}_acc_std"]
+        rows.append(row)
+    fig = quality_vs_epsilon_figure(rows, classifiers)
+    ax_fid, ax_acc = fig.axes
+    colors = {line.get_label(): line.get_color() for line in ax_fid.get_lines()}
+    for r in summary:
+        if r.get("fid_std") and r["target_epsilon"] is not None and r["method"] in colors:
+            ax_fid.errorbar(
+                [r["target_epsilon"]],
+                [r["fid"]],
+                yerr=[r["fid_std"]],
+                color=colors[r["method"]],
+                capsize=3,
+                ls="none",
+            )
+    n = max((int(r.get("repeats") or 1) for r in summary), default=1)
+    spread = f"± over {n} whole-pipeline repeats" if n > 1 else "one run per point"
+    ax_fid.set_title(f"FID to held-out real images ↓ ({spread})", fontsize=9)
+    ax_acc.set_title(f"accuracy on real test images ↑ ({spread})", fontsize=9)
+    return fig
+
+
 def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[str, Path]:
     """``sweep.json`` (the summary over repeats), ``runs.json`` (every run) and
     ``quality_vs_epsilon.png`` in ``out``."""
     from easyhard.io import save_figure, write_json
-    from easyhard.plots import quality_vs_epsilon_figure
 
     if not rows:
         raise ValueError("no runs with metrics found (run the pipeline or an experiment first)")
@@ -222,7 +255,7 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[st
     summary = summarise(rows, classifiers)
     write_json(out / "sweep.json", summary)
     write_json(out / "runs.json", list(rows))
-    fig = quality_vs_epsilon_figure(summary, classifiers)
+    fig = summary_figure(summary, classifiers)
     return {
         "json": out / "sweep.json",
         "runs": out / "runs.json",

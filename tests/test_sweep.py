@@ -100,11 +100,14 @@ def test_outputs_and_table(tmp_path):
 def test_figure_axes():
     from easyhard.plots import quality_vs_epsilon_figure
 
-    fig = quality_vs_epsilon_figure(sweep.summarise(sweep.rows_from_exp_show(EXP_SHOW)))
+    fig = quality_vs_epsilon_figure(sweep.rows_from_exp_show(EXP_SHOW))
     ax_fid, ax_acc = fig.axes
     assert ax_fid.get_xscale() == "log" and ax_acc.get_xscale() == "log"
-    assert len(ax_fid.containers) == 2  # one FID line per method, with the repeat spread
     assert len(ax_acc.containers) == 6  # 2 methods x 3 classifiers, with error bars
+    summary = sweep.summarise(sweep.rows_from_exp_show(EXP_SHOW))
+    fig = sweep.summary_figure(summary, ["cnn", "resnet", "logreg"])
+    ax_fid, ax_acc = fig.axes
+    assert len(ax_acc.containers) == 6
     assert "± over 2 whole-pipeline repeats" in ax_acc.get_title()  # workspace + main at eps 10
 
 
@@ -128,7 +131,6 @@ def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
 def test_the_non_private_ceiling_has_no_epsilon_spent(tmp_path, capsys):
     """The ceiling's metrics.json says epsilon: null (not a release): no target ε, spent ∞, and a
     horizontal line in the figure, never a point at a target ε it does not have."""
-    from easyhard.plots import quality_vs_epsilon_figure
 
     data = {**metrics(10.0, 140.0, 0.75), "epsilon": None, "private": False}
     f = write_run(tmp_path / "runs" / "nonprivate", 10.0, data)
@@ -136,7 +138,7 @@ def test_the_non_private_ceiling_has_no_epsilon_spent(tmp_path, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if "nonprivate" in line)
     assert "| nonprivate | – | ∞ (not private) | 140.0 |" in row
     rows = sweep.rows_from_metrics_files([f]) + sweep.rows_from_exp_show(EXP_SHOW)
-    ax_fid, _ = quality_vs_epsilon_figure(sweep.summarise(rows)).axes
+    ax_fid, _ = sweep.summary_figure(sweep.summarise(rows), ["cnn"]).axes
     flat = [ln for ln in ax_fid.get_lines() if ln.get_linestyle() == "--"]
     assert [ln.get_ydata()[0] for ln in flat] == [140.0]
 

@@ -91,7 +91,6 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "epsilon": by["epsilon"] if private_method else None,
         "epsilon_rdp": by["epsilon_by_accountant"]["rdp"] if private_method else None,
         "target_epsilon": ledger.target_epsilon,
-        "seed": params.seed,  # the repeat (python -m easyhard.sweep)
         "delta": ledger.delta,
         "noise_multiplier": sgd[0].noise_multiplier if sgd else None,
         "fid": fid_from_features(real, fake),

@@ -16,6 +16,7 @@ into ``DIR`` (e.g. ``docs/figures``), for the documentation.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -206,15 +207,50 @@ def export(source: str | Path, target: str | Path) -> list[Path]:
     return [Path(shutil.copy2(p, dst / p.name)) for p in pngs]
 
 
+#: The README's results table: its rows (method titles) and classifier columns.
+README_METHODS = {"DP-FETA": "dpfeta", "DPDM": "dpdm", "FETA-Pro": "fetapro"}
+README_CLASSIFIERS = {"cnn": "CNN acc. ↑", "resnet": "ResNet acc. ↑", "logreg": "log. reg. acc. ↑"}
+
+
+def readme_table(root: str | Path = ".") -> list[str]:
+    """The README's results table from the committed ``runs/<m>/metrics.json`` and ``audit.json``
+    and the dataset total from ``report/privacy.json`` (``tests/test_readme.py`` checks the
+    README against the same files)."""
+    root = Path(root)
+    head = ["method", "ε", "FID ↓", *README_CLASSIFIERS.values(), "audit"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for title, m in README_METHODS.items():
+        metrics = json.loads((root / "runs" / m / "metrics.json").read_text())
+        audit = json.loads((root / "runs" / m / "audit.json").read_text())
+        cells = [title, f"{metrics['epsilon']:.2f}", f"{metrics['fid']:.1f}"]
+        for c in README_CLASSIFIERS:
+            cells.append(f"{metrics[c]:.3f} ± {metrics[c + '_sd']:.3f}")
+        verdict = audit.get("verdict", "-")
+        if audit.get("eps_hat") is not None:
+            verdict += f" (ε̂ = {audit['eps_hat']:.2f})"
+        cells.append(verdict)
+        lines.append("| " + " | ".join(cells) + " |")
+    total = json.loads((root / "report" / "privacy.json").read_text())
+    lines.append("")
+    lines.append(f"dataset total ε = {total['epsilon']:.2f} (every release composed)")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m easyhard.pipeline.report --export DIR [--from report/figures]``."""
+    """``python -m easyhard.pipeline.report --export DIR [--from report/figures]`` or
+    ``--readme`` (print the README's results table from the committed files)."""
     ap = argparse.ArgumentParser(prog="python -m easyhard.pipeline.report")
-    ap.add_argument("--export", required=True, metavar="DIR", help="copy the figures here")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--export", metavar="DIR", help="copy the figures here")
+    what.add_argument("--readme", action="store_true", help="print the README's results table")
     ap.add_argument("--from", dest="source", default="report/figures", metavar="DIR")
     args = ap.parse_args(argv)
     try:
+        if args.readme:
+            print("\n".join(readme_table()))
+            return 0
         done = export(args.source, args.export)
-    except OSError as e:
+    except (OSError, KeyError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n".join(str(p) for p in done))
