@@ -19,7 +19,7 @@ import argparse
 import time
 
 from easyhard.config import load_params
-from easyhard.datasets import public_layout
+from easyhard.layout import public_layout
 from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.release import plan
 from easyhard.warmup import frequency_snr, plan_warmups

@@ -89,7 +89,7 @@ def plan(profile: Profile, params: Params, method_name: str | None = None) -> di
     declared ``privacy.dataset_size``: that method's own warm-ups (DP-FETA: the central images;
     FETA-Pro: the central images and the frequency release), what each costs alone, the calibrated
     DP-SGD sigma and steps, and the epsilon of the whole composition."""
-    from easyhard.datasets import public_layout
+    from easyhard.layout import public_layout
     from easyhard.pipeline.methods import method
     from easyhard.privacy import PrivacyBudgetError
     from easyhard.privacy.accounting import compose_epsilon

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -127,8 +128,9 @@ def summarise(
     """One row per (method, target ε): mean ± std over its whole-pipeline repeats of the FID and
     of each classifier's accuracy (each run's accuracy is its mean over classifier seeds)."""
     groups: dict[tuple[str, float], list[Mapping[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((str(r["method"]), float(r["target_epsilon"])), []).append(r)
+    for r in rows:  # the ceiling has no ε: all its runs are repeats of one row
+        target = math.inf if _ceiling(r) else float(r["target_epsilon"])
+        groups.setdefault((str(r["method"]), target), []).append(r)
     out = []
     for (method, target), rs in sorted(groups.items()):
         eps = [r["epsilon"] for r in rs if r.get("epsilon") is not None]

@@ -460,3 +460,29 @@ def test_running_notebooks_leaves_the_callers_environment_alone(tiny_run):
     from easyhard.pipeline.zones import RUN_ENV, ZONE_ENV
 
     assert ZONE_ENV not in os.environ and RUN_ENV not in os.environ
+
+
+def test_the_repeat_axis_seed_never_moves_the_published_split(tmp_path):
+    """The held-out split is published: it is keyed by data.split_seed, so runs with another
+    public seed (the sweep's repeats) publish the same held-out records, never a training record
+    of another run; a new split_seed is a new split."""
+    import numpy as np
+
+    from easyhard.pipeline import prepare
+    from easyhard.pipeline.notebook import setup
+
+    tests = {}
+    for name, over in (
+        ("seed0", {}),
+        ("seed3", {"seed": 3}),
+        ("split1", {"data": {"split_seed": 1}}),
+    ):
+        root = tmp_path / name
+        root.mkdir()
+        write_params(root, merge(TINY, over))
+        params, paths = setup({}, root)
+        prepare.run(params, paths)
+        with np.load(paths.test) as f:
+            tests[name] = f["x"].copy()
+    assert np.array_equal(tests["seed0"], tests["seed3"])
+    assert not np.array_equal(tests["seed0"], tests["split1"])

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from easyhard.config import WARMUP_SECTIONS, ConfigError, Params, defaults
-from easyhard.datasets import public_layout
+from easyhard.layout import public_layout
 from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.release import plan
 from easyhard.privacy import compose_epsilon

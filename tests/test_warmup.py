@@ -11,13 +11,14 @@ import yaml
 
 from easyhard.config import Params, defaults
 from easyhard.data import ImageSet, save_npz
-from easyhard.datasets import Layout, public_layout
+from easyhard.layout import Layout, public_layout
 from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import layout, plan
 from easyhard.privacy import compose_epsilon
+from easyhard.proxy import central_snr, generated_shapes, proxy_images, release_errors
 from easyhard.schema import from_mapping, merge, to_dict
-from easyhard.warmup import central_snr, plan_warmups, release_errors, warmup_cap
+from easyhard.warmup import plan_warmups, warmup_cap
 
 DEFAULTS = defaults()
 MNIST = Layout(10, (1, 28, 28))
@@ -121,3 +122,39 @@ def test_fixed_plans_run_as_written():
     p = _params(central={"plan": "fixed"}, frequency={"plan": "fixed"})
     wp = plan_warmups(p, MNIST, True, True)
     assert wp.central.config == p.central and wp.frequency.config == p.frequency
+
+
+def test_a_digits_source_is_planned_on_generated_shapes_never_on_itself(monkeypatch):
+    """With data.name: digits the sensitive records are scikit-learn's digits: the planner then
+    simulates on generated shapes and never loads the digits."""
+    import sklearn.datasets
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the planner loaded the sensitive source's own dataset")
+
+    monkeypatch.setattr(sklearn.datasets, "load_digits", refuse)
+    p = _params(data={"name": "digits"}, privacy={"dataset_size": 1400})
+    layout = public_layout(p.data)
+    wp = plan_warmups(p, layout, True, True)
+    assert wp.central.config is not None or "nothing spent" in wp.central.reason
+    x, y = proxy_images(layout, "shapes")
+    assert x.shape[1:] == (1, 8, 8) and set(y.tolist()) == set(range(10))
+
+
+def test_generated_shapes_are_ten_distinct_classes():
+    x, y = generated_shapes(per_class=20)
+    means = np.stack([x[y == k].mean(0) for k in range(10)])
+    gaps = [np.abs(means[i] - means[j]).mean() for i in range(10) for j in range(i + 1, 10)]
+    assert x.min() >= 0 and x.max() <= 1 and min(gaps) > 0.01
+
+
+def test_a_fixed_noise_warmup_counts_against_the_cap():
+    """FETA-Pro with fixed-noise central images and a planned frequency release: the frequency
+    release gets the cap minus what the fixed central images cost (not the whole cap)."""
+    fixed = {"plan": "fixed", "noise_multiplier": 2.0, "budget_share": None}
+    p = _params(central=fixed)
+    wp = plan_warmups(p, MNIST, True, True)
+    free = plan_warmups(
+        _params(central={"plan": "fixed", "budget_share": 0.0001}), MNIST, True, True
+    )
+    assert wp.frequency.share < free.frequency.share

@@ -27,11 +27,15 @@ class DataConfig:
 
     ``image_size``: centre-crop to a square and resize to this many pixels (``null``: as stored).
     ``split``: ``random`` (stratified, ``test_fraction`` held out) or ``official`` (the dataset's
-    own train/test partition; torchvision, CelebA and Camelyon only).
+    own train/test partition; torchvision, CelebA and Camelyon only). ``split_seed``: the public key
+    of the random split's per-record hash, fixed for a data source: the held-out split is published
+    (declared public), so a split that moved between runs (e.g. with the repeat axis ``seed``) would
+    publish training records of other runs.
     """
 
     name: str
     root: str
+    split_seed: int
     test_fraction: float
     max_per_class: int | None
     download: bool

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from easyhard.central import central_mechanism
 from easyhard.config import METHODS as NAMES
 from easyhard.config import WARMUP_SECTIONS, Params
-from easyhard.datasets import Layout
 from easyhard.frequency import frequency_mechanism, frequency_params
+from easyhard.layout import Layout
 from easyhard.privacy import Mechanism
 from easyhard.warmup import WarmupPlan, plan_warmups
 

@@ -36,7 +36,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         train, repairs = sanitize(train)
     else:
         source, repairs = sanitize(load_dataset(cfg))
-        train, test = split(source, cfg.test_fraction, params.seed, cfg.max_per_class)
+        train, test = split(source, cfg.test_fraction, cfg.split_seed, cfg.max_per_class)
     validate(test.x, test.y, test.classes, what="held-out test split (public)", every_class=False)
     save_npz(paths.train, train)
     save_npz(paths.test, test)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from easyhard.config import Params
 from easyhard.config.choices import BUNDLED_DATASETS
 from easyhard.data import load_npz
-from easyhard.datasets import Layout, public_layout
+from easyhard.layout import Layout, public_layout
 from easyhard.pipeline.methods import Method
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.zones import load_training

@@ -213,7 +213,7 @@ README_CLASSIFIERS = {"cnn": "CNN acc. ↑", "resnet": "ResNet acc. ↑", "logre
 
 
 def readme_table(root: str | Path = ".") -> list[str]:
-    """The README's results table from the committed ``runs/<m>/metrics.json`` and ``audit.json``
+    """The README's results table from the committed ``runs/<m>/metrics.json`` and ``verdict.json``
     and the dataset total from ``report/privacy.json`` (``tests/test_readme.py`` checks the
     README against the same files)."""
     root = Path(root)
@@ -221,7 +221,7 @@ def readme_table(root: str | Path = ".") -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for title, m in README_METHODS.items():
         metrics = json.loads((root / "runs" / m / "metrics.json").read_text())
-        audit = json.loads((root / "runs" / m / "audit.json").read_text())
+        audit = json.loads((root / "runs" / m / "verdict.json").read_text())
         cells = [title, f"{metrics['epsilon']:.2f}", f"{metrics['fid']:.1f}"]
         for c in README_CLASSIFIERS:
             cells.append(f"{metrics[c]:.3f} ± {metrics[c + '_sd']:.3f}")
@@ -230,9 +230,10 @@ def readme_table(root: str | Path = ".") -> list[str]:
             verdict += f" (ε̂ = {audit['eps_hat']:.2f})"
         cells.append(verdict)
         lines.append("| " + " | ".join(cells) + " |")
-    total = json.loads((root / "report" / "privacy.json").read_text())
+    total = json.loads((root / "report" / "privacy.json").read_text()).get("epsilon")
     lines.append("")
-    lines.append(f"dataset total ε = {total['epsilon']:.2f} (every release composed)")
+    shown = "∞ (a non-private or seeded use was published)" if total is None else f"{total:.2f}"
+    lines.append(f"dataset total ε = {shown} (every release composed)")
     return lines
 
 
