@@ -86,3 +86,37 @@ def test_export_copies_the_figures(tmp_path):
     assert [p.name for p in done] == ["metrics.png"] and (tmp_path / "docs/metrics.png").is_file()
     with pytest.raises(FileNotFoundError, match="no PNG figures"):
         export(tmp_path / "empty", tmp_path / "docs")
+
+
+def test_readme_table_is_what_the_readme_test_expects(tmp_path):
+    """`python -m easyhard.pipeline.report --readme` prints the table tests/test_readme.py checks:
+    one row per method with ε (2 decimals), FID (1), accuracies (3) ± classifier-seed std, the
+    audit verdict, then the dataset total (∞ when privacy.json has none)."""
+    import json
+
+    from easyhard.pipeline.report import README_METHODS, readme_table
+
+    for i, m in enumerate(README_METHODS.values()):
+        d = tmp_path / "runs" / m
+        d.mkdir(parents=True)
+        metrics = {"epsilon": 9.976, "fid": 100.04 + i, "private": True}
+        for c in ("cnn", "resnet", "logreg"):
+            metrics |= {c: 0.5 + i / 10, f"{c}_sd": 0.0123}
+        (d / "metrics.json").write_text(json.dumps(metrics))
+        (d / "verdict.json").write_text(json.dumps({"verdict": "inconclusive", "eps_hat": 1.234}))
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "privacy.json").write_text(
+        json.dumps({"epsilon": 29.9, "private": True})
+    )
+    lines = readme_table(tmp_path)
+    assert (
+        lines[0] == "| method | ε | FID ↓ | CNN acc. ↑ | ResNet acc. ↑ | log. reg. acc. ↑ | audit |"
+    )
+    assert lines[2] == (
+        "| DP-FETA | 9.98 | 100.0 | 0.500 ± 0.012 | 0.500 ± 0.012 | 0.500 ± 0.012 "
+        "| inconclusive (ε̂ = 1.23) |"
+    )
+    assert [ln.split(" | ")[0] for ln in lines[2:5]] == ["| DP-FETA", "| DPDM", "| FETA-Pro"]
+    assert lines[-1] == "dataset total ε = 29.90 (every release composed)"
+    (tmp_path / "report" / "privacy.json").write_text(json.dumps({"epsilon": None}))
+    assert readme_table(tmp_path)[-1].startswith("dataset total ε = ∞")
