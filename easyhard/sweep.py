@@ -6,8 +6,8 @@
     python -m easyhard.sweep --exp-json exps.json     # or a saved `dvc exp show --json` output
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
 
-Repeats. ``seed`` is the repeat axis: every stage but ``report`` lists it (and ``report`` follows
-their outputs), so ``dvc exp run -S seed=k`` reruns the whole pipeline (never restored from DVC's
+Repeats. ``seed`` is the repeat axis: every stage that draws randomness lists it (``prepare``
+always reruns, ``report`` follows their outputs), so ``dvc exp run -S seed=k`` reruns the whole pipeline (never restored from DVC's
 run-cache), with a new public seed and, in a secure run, new secret noise: independent
 whole-pipeline runs. A row's seed comes from the experiment's params (``None`` for metrics files). Runs of one method at one target ε are
 summarised as mean ± std over their repeats (:func:`summarise`).
