@@ -38,6 +38,7 @@ SMALL = {
     "privacy": {"epsilon": 30.0, "delta": 1e-3, "dataset_size": N, "size_tolerance": 0.1},
     # q = 1, noise std 0.04 (far from the clamp), identity post-processing: release = stat + noise
     "central": {
+        "plan": "fixed",
         "queries": 1,
         "downsample": 1,
         "sample_rate": 1.0,

@@ -42,8 +42,18 @@ PARAMS = {
         "size_tolerance": 0.1,
         "accountant": "pld",  # the fastest to calibrate DP-SGD in the plan each stage makes
     },
-    "central": {"noise_multiplier": NOISE, "budget_share": None, "queries": len(BITS)},
-    "frequency": {"noise_multiplier": NOISE, "budget_share": None, "images_per_class": 2},
+    "central": {
+        "plan": "fixed",
+        "noise_multiplier": NOISE,
+        "budget_share": None,
+        "queries": len(BITS),
+    },
+    "frequency": {
+        "plan": "fixed",
+        "noise_multiplier": NOISE,
+        "budget_share": None,
+        "images_per_class": 2,
+    },
     "auxgen": {"steps": 2, "batch_per_class": 2},
 }
 
