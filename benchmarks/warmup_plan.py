@@ -52,9 +52,9 @@ def _row(label: str, params, layout) -> tuple[float, str]:
     cfg = c.config
     std, snr = c.noise_std, c.snr
     if std is None:  # a fixed form: predict it the same way
-        from easyhard.warmup import _central_choice
+        from easyhard.warmup import central_choice
 
-        fixed = _central_choice(params, layout, cfg, cfg.budget_share or 0.0, "fixed")
+        fixed = central_choice(params, layout, cfg, cfg.budget_share or 0.0, "fixed")
         std, snr = fixed.noise_std, fixed.snr
     return snr, (
         f"  {label:<8} {cfg.type} {layout.shape[1] // cfg.downsample}x"

@@ -117,12 +117,16 @@ def comparison_bars(
 
 
 def quality_vs_epsilon_figure(
-    rows: Sequence[Mapping[str, object]], classifiers: Sequence[str] = CLASSIFIERS
+    rows: Sequence[Mapping[str, object]],
+    classifiers: Sequence[str] = CLASSIFIERS,
+    spread: str = "± over classifier seeds",
 ) -> Figure:
-    """FID (left) and downstream accuracy (right, mean ± std over classifier seeds per classifier)
-    against the target ε, one line per method; a method with no ε (the non-private ceiling) is a
+    """FID (left) and downstream accuracy (right, one line per classifier) against the target ε,
+    one line per method, error bars = ``fid_std`` and ``<classifier>_sd`` (what they are over:
+    ``spread``, shown in the titles); a method with no ε (the non-private ceiling) is a
     horizontal dashed line at its mean. ``rows``: :func:`easyhard.sweep.rows_from_exp_show` rows
-    (``method``, ``target_epsilon``, ``epsilon``, ``fid``, ``<classifier>``, ``<classifier>_sd``)."""
+    (``method``, ``target_epsilon``, ``epsilon``, ``fid``, ``<classifier>``, ``<classifier>_sd``)
+    or the sweep's summary mapped onto those keys (:func:`easyhard.sweep.summary_figure`)."""
     methods = sorted({str(r["method"]) for r in rows})
     fig, (ax_fid, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -135,7 +139,15 @@ def quality_vs_epsilon_figure(
             continue
         eps = [float(r["target_epsilon"]) for r in rs]
         if any(r.get("fid") is not None for r in rs):
-            ax_fid.plot(eps, [_num(r.get("fid")) for r in rs], "o-", color=c, label=m)
+            ax_fid.errorbar(
+                eps,
+                [_num(r.get("fid")) for r in rs],
+                yerr=[_num(r.get("fid_std"), 0.0) for r in rs],
+                color=c,
+                marker="o",
+                capsize=3,
+                label=m,
+            )
         for j, name in enumerate(classifiers):
             if not any(r.get(name) is not None for r in rs):
                 continue
@@ -149,8 +161,8 @@ def quality_vs_epsilon_figure(
                 ls=["-", "--", ":"][j % 3],
                 label=f"{m} {name}",
             )
-    ax_fid.set_title("FID to held-out real images (lower is better)", fontsize=9)
-    ax_acc.set_title("accuracy on real test images (± over classifier seeds)", fontsize=9)
+    ax_fid.set_title(f"FID to held-out real images ↓ ({spread})", fontsize=9)
+    ax_acc.set_title(f"accuracy on real test images ↑ ({spread})", fontsize=9)
     for ax, label in ((ax_fid, "FID ↓"), (ax_acc, "accuracy ↑")):
         ax.set_xscale("log")
         ax.set_xlabel("ε (target)")

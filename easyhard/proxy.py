@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from easyhard.central import downsample, postprocess, upsample
+from easyhard.central import bin_index, downsample, postprocess, upsample
 from easyhard.frequency import feature_dim, image_features, rff_frequencies
 from easyhard.layout import Layout
 
@@ -110,7 +110,7 @@ def _proxy_stats(
     k = layout.n_classes
     xd = downsample(x, factor)
     hist = np.zeros((k, *xd.shape[1:], bins))
-    idx = np.minimum((xd * bins).astype(np.int64), bins - 1)
+    idx = bin_index(xd, bins)  # the stage's own binning
     for i in range(k):
         sel = idx[y == i]
         for b in range(bins):

@@ -219,30 +219,15 @@ def summary_figure(summary: Sequence[Mapping[str, Any]], classifiers: Sequence[s
 
     rows = []
     for r in summary:
-        row = {k: r.get(k) for k in ("method", "target_epsilon", "epsilon", "fid")}
+        row = {k: r.get(k) for k in ("method", "target_epsilon", "epsilon", "fid", "fid_std")}
         row["target_epsilon"] = row["target_epsilon"] or 0.0  # the ceiling: drawn as a line
         for c in classifiers:
             if r.get(f"{c}_acc_mean") is not None:
                 row[c], row[f"{c}_sd"] = r[f"{c}_acc_mean"], r[f"{c}_acc_std"]
         rows.append(row)
-    fig = quality_vs_epsilon_figure(rows, classifiers)
-    ax_fid, ax_acc = fig.axes
-    colors = {line.get_label(): line.get_color() for line in ax_fid.get_lines()}
-    for r in summary:
-        if r.get("fid_std") and r["target_epsilon"] is not None and r["method"] in colors:
-            ax_fid.errorbar(
-                [r["target_epsilon"]],
-                [r["fid"]],
-                yerr=[r["fid_std"]],
-                color=colors[r["method"]],
-                capsize=3,
-                ls="none",
-            )
     n = max((int(r.get("repeats") or 1) for r in summary), default=1)
     spread = f"± over {n} whole-pipeline repeats" if n > 1 else "one run per point"
-    ax_fid.set_title(f"FID to held-out real images ↓ ({spread})", fontsize=9)
-    ax_acc.set_title(f"accuracy on real test images ↑ ({spread})", fontsize=9)
-    return fig
+    return quality_vs_epsilon_figure(rows, classifiers, spread)
 
 
 def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[str, Path]:
@@ -265,23 +250,62 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[st
     }
 
 
-def experiment_commands(epsilons: Sequence[float], repeats: int) -> list[list[str]]:
-    """The ``dvc exp run`` command of every (target ε, repeat): the repeat is the public seed."""
+def experiment_commands(
+    epsilons: Sequence[float],
+    repeats: int,
+    done: Iterable[tuple[float, int]] = (),
+    settings: Sequence[str] = (),
+) -> list[list[str]]:
+    """The ``dvc exp run`` command of every (target ε, repeat) not in ``done``: the repeat is the
+    public seed; each of ``settings`` (``KEY=VALUE``) is passed as one more ``-S``."""
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    for s in settings:
+        if "=" not in s or s.split("=", 1)[0].strip() in ("privacy.epsilon", "seed"):
+            raise ValueError(f"--set {s!r}: expected KEY=VALUE, not privacy.epsilon or seed")
+    skip = {(float(e), int(s)) for e, s in done}
+    extra = [a for s in settings for a in ("-S", s)]
     return [
-        ["dvc", "exp", "run", "-S", f"privacy.epsilon={eps:g}", "-S", f"seed={seed}"]
+        ["dvc", "exp", "run", "-S", f"privacy.epsilon={eps:g}", "-S", f"seed={seed}", *extra]
         for eps in epsilons
         for seed in range(repeats)
+        if (float(eps), seed) not in skip
     ]
 
 
-def run_experiments(epsilons: Sequence[float], repeats: int) -> None:
-    """Run every experiment of the sweep, one after the other (each a whole-pipeline run)."""
-    for cmd in experiment_commands(epsilons, repeats):
-        print("$ " + " ".join(cmd), flush=True)
+def done_runs(rows: Iterable[Mapping[str, Any]]) -> set[tuple[float, int]]:
+    """The (target ε, seed) pairs that already have metrics (a rerun of the sweep skips them)."""
+    return {
+        (float(r["target_epsilon"]), int(r["seed"]))
+        for r in rows
+        if r.get("target_epsilon") is not None and r.get("seed") is not None
+    }
+
+
+def exp_show() -> list[dict[str, Any]]:
+    """``dvc exp show --json``, parsed."""
+    done = subprocess.run(
+        ["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise ValueError(f"`dvc exp show --json` failed: {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def run_experiments(
+    epsilons: Sequence[float], repeats: int, settings: Sequence[str] = (), out: str | Path = OUT
+) -> None:
+    """Run every experiment of the sweep that ``dvc exp show`` does not already hold, one after
+    the other (each a whole-pipeline run), rewriting the sweep's files in ``out`` after each: a
+    sweep cut short keeps what it ran, and rerunning the command resumes it."""
+    todo = experiment_commands(
+        epsilons, repeats, done_runs(rows_from_exp_show(exp_show())), settings
+    )
+    for i, cmd in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] $ " + " ".join(cmd), flush=True)
         if subprocess.run(cmd, check=False).returncode != 0:
             raise ValueError(f"`{' '.join(cmd)}` failed")
+        write_outputs(rows_from_exp_show(exp_show()), out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -298,26 +322,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--run",
         action="store_true",
         help="first run `dvc exp run -S privacy.epsilon=E -S seed=S` for every --epsilon and "
-        "repeat (seeds 0 .. --repeats - 1), one after the other",
+        "repeat (seeds 0 .. --repeats - 1) that `dvc exp show` does not already hold, one after "
+        "the other (rerun to resume)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="with --run: one more `-S KEY=VALUE` for every run (e.g. audit.enabled=false)",
     )
     p.add_argument("--epsilon", type=float, nargs="+", default=[1.0, 10.0], help="with --run")
     p.add_argument("--repeats", type=int, default=3, help="with --run: whole-pipeline repeats")
     args = p.parse_args(argv)
     try:
         if args.run:
-            run_experiments(args.epsilon, args.repeats)
+            run_experiments(args.epsilon, args.repeats, args.set, args.out)
         if args.metrics:
             rows = rows_from_metrics_files(args.metrics)
         else:
             if args.exp_json:
                 text = Path(args.exp_json).read_text()
             else:
-                done = subprocess.run(
-                    ["dvc", "exp", "show", "--json"], capture_output=True, text=True, check=False
-                )
-                if done.returncode != 0:
-                    raise ValueError(f"`dvc exp show --json` failed: {done.stderr.strip()}")
-                text = done.stdout
+                text = json.dumps(exp_show())
             rows = rows_from_exp_show(json.loads(text))
         written = write_outputs(rows, args.out)
     except (ValueError, OSError, json.JSONDecodeError) as e:

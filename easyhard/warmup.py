@@ -146,8 +146,17 @@ def _proxy(params: Params | PlanInputs) -> str:
     return proxy_name(name)
 
 
-def _central_noise_std(sigma: float, d: int, k: int, q: float, n: int) -> float:
-    return sigma * math.sqrt(d) * k / (q * n)
+def central_noise_std(cfg: CentralConfig, sigma: float, layout: Layout, n: int) -> float:
+    """Per-pixel noise std of a released central image in the units the proxy is simulated in:
+    the stage's own :func:`easyhard.central.release_scale` (mean: pixel units; mode: histogram
+    counts, divided by the expected per-class count q*N/K into the per-class fractions the proxy's
+    histograms hold)."""
+    from easyhard.central import mean_normaliser, release_scale
+
+    scale = release_scale(cfg, sigma, n, layout.n_classes, layout.shape)
+    if cfg.type == "mean":
+        return scale.std
+    return scale.std / mean_normaliser(n, layout.n_classes, cfg.sample_rate)
 
 
 @functools.lru_cache(maxsize=64)
@@ -169,7 +178,7 @@ def plan_central(params: Params | PlanInputs, layout: Layout, share: float) -> W
     highest predicted SNR at budget ``share`` over type, downsampling and q (one query: more
     queries at the same per-image noise only cost more); off below ``central.min_snr``."""
     cfg, p = params.central, params.privacy
-    n, k = p.dataset_size, layout.n_classes
+    n = p.dataset_size
     if cfg.plan == "fixed":
         return WarmupChoice(cfg, cfg.budget_share or 0.0, None, None, "fixed")
     if share <= 0:
@@ -183,7 +192,8 @@ def plan_central(params: Params | PlanInputs, layout: Layout, share: float) -> W
                 if kind == "mode" and d * cfg.bins > MAX_MODE_VALUES:
                     continue  # the simulated histograms would not fit in memory
                 curve = snr_curve(layout, kind, f, cfg.bins, cfg.postprocess, _proxy(params))
-                snr = _snr_at(curve, _central_noise_std(sigma, d, k, q, n))
+                trial = dataclasses.replace(cfg, type=kind, downsample=f, sample_rate=q)
+                snr = _snr_at(curve, central_noise_std(trial, sigma, layout, n))
                 if best is None or snr > best[0]:
                     best = (snr, (kind, f, q))
     if best is None or best[0] < cfg.min_snr:
@@ -199,7 +209,7 @@ def plan_central(params: Params | PlanInputs, layout: Layout, share: float) -> W
         budget_share=share,
         noise_multiplier=None,
     )
-    return _central_choice(params, layout, planned, share, "highest predicted SNR at the share")
+    return central_choice(params, layout, planned, share, "highest predicted SNR at the share")
 
 
 def _off(what: str, min_snr: float, share: float) -> WarmupChoice:
@@ -213,7 +223,7 @@ def _off(what: str, min_snr: float, share: float) -> WarmupChoice:
     return WarmupChoice(None, 0.0, None, None, why)
 
 
-def _central_choice(
+def central_choice(
     params: Params | PlanInputs, layout: Layout, cfg: CentralConfig, share: float, why: str
 ) -> WarmupChoice:
     """The choice with its noise and SNR at the stage's own calibration."""
@@ -221,9 +231,7 @@ def _central_choice(
 
     p = params.privacy
     sigma = central_mechanism(cfg, p).noise_multiplier
-    c, h, w = layout.shape
-    d = c * (h // cfg.downsample) * (w // cfg.downsample)
-    std = _central_noise_std(sigma, d, layout.n_classes, cfg.sample_rate, p.dataset_size)
+    std = central_noise_std(cfg, sigma, layout, p.dataset_size)
     snr = central_snr(
         layout, cfg.type, cfg.downsample, cfg.bins, cfg.postprocess, std, _proxy(params)
     )
@@ -300,7 +308,6 @@ def plan_warmups(params: Params, layout: Layout, central: bool, frequency: bool)
     return _plan_warmups(inputs, layout, central, frequency)
 
 
-@functools.lru_cache(maxsize=32)
 def _fixed_share(params: PlanInputs, section: str) -> float:
     """What a fixed warm-up costs alone, as a share of epsilon: its ``budget_share``, or (a fixed
     noise multiplier) its epsilon composed with the search accountant."""

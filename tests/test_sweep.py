@@ -174,9 +174,8 @@ def test_repeats_are_summarised_as_mean_and_std_over_whole_pipeline_runs(tmp_pat
     assert "standard deviation over whole-pipeline repeats" in text
 
 
-def test_run_queues_one_experiment_per_epsilon_and_repeat(tmp_path, monkeypatch, capsys):
-    """`--run`: `dvc exp run -S privacy.epsilon=E -S seed=S` for each E and seed 0..R-1, in order
-    (a stand-in `dvc` records its arguments), then the collection from `dvc exp show --json`."""
+def _fake_dvc(tmp_path, monkeypatch, exps):
+    """A stand-in `dvc` on PATH that records its arguments and answers `exp show` with ``exps``."""
     import os
     import stat
 
@@ -189,18 +188,41 @@ def test_run_queues_one_experiment_per_epsilon_and_repeat(tmp_path, monkeypatch,
         f'if [ "$1 $2" = "exp show" ]; then cat {tmp_path / "exps.json"}; fi\n'
     )
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    (tmp_path / "exps.json").write_text(json.dumps(EXP_SHOW))
+    (tmp_path / "exps.json").write_text(json.dumps(exps))
     monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    return log
+
+
+def test_run_queues_one_experiment_per_epsilon_and_repeat(tmp_path, monkeypatch, capsys):
+    """`--run`: `dvc exp run -S privacy.epsilon=E -S seed=S` for each E and seed 0..R-1, in order,
+    the sweep's files rewritten after each run (`exp show` between runs), then the collection."""
+    log = _fake_dvc(tmp_path, monkeypatch, EXP_SHOW)
     out = tmp_path / "out"
     assert sweep.main(["--run", "--epsilon", "1", "10", "--repeats", "2", "--out", str(out)]) == 0
-    calls = log.read_text().splitlines()
+    calls = [c for c in log.read_text().splitlines() if c != "exp show --json"]
     assert calls == [
         "exp run -S privacy.epsilon=1 -S seed=0",
         "exp run -S privacy.epsilon=1 -S seed=1",
         "exp run -S privacy.epsilon=10 -S seed=0",
         "exp run -S privacy.epsilon=10 -S seed=1",
-        "exp show --json",
     ]
+    assert log.read_text().splitlines().count("exp show --json") == 1 + 4 + 1
     assert (out / "sweep.json").is_file()
     with pytest.raises(ValueError, match="repeats"):
         sweep.experiment_commands([1.0], 0)
+
+
+def test_a_rerun_resumes_the_sweep_and_passes_settings(tmp_path, monkeypatch):
+    """(ε, seed) pairs `dvc exp show` already holds are not run again; `--set K=V` reaches every
+    run as one more `-S`; the axes themselves cannot be set that way."""
+    done = state("e" * 40, "eps-1-s0", 1.0, 300.0, 0.4)
+    done["data"]["params"]["params.yaml"]["data"]["seed"] = 0
+    log = _fake_dvc(tmp_path, monkeypatch, [*EXP_SHOW, done])
+    args = ["--run", "--epsilon", "1", "--repeats", "2", "--set", "audit.enabled=false"]
+    assert sweep.main([*args, "--out", str(tmp_path / "out")]) == 0
+    runs = [c for c in log.read_text().splitlines() if c.startswith("exp run")]
+    assert runs == ["exp run -S privacy.epsilon=1 -S seed=1 -S audit.enabled=false"]
+    assert sweep.done_runs(sweep.rows_from_exp_show([done])) == {(1.0, 0)}
+    for bad in ("seed=3", "privacy.epsilon=2", "audit.enabled"):
+        with pytest.raises(ValueError, match="KEY=VALUE"):
+            sweep.experiment_commands([1.0], 1, settings=[bad])
