@@ -337,4 +337,13 @@ def _plan_warmups(params: PlanInputs, layout: Layout, central: bool, frequency: 
     c = plan_central(params, layout, round(free / parts, 4)) if central else off
     left = free - (c.share if auto_c else 0.0)
     f = plan_frequency(params, layout, round(left, 4)) if frequency else off
+    if auto_c and auto_f and not (c.enabled and f.enabled):
+        # the split turned one off: one warm-up gets the whole free budget, the central images
+        # first (so FETA-Pro never plans less easy stage than DP-FETA at the same values)
+        whole = plan_central(params, layout, round(free, 4))
+        if whole.enabled:
+            why = "its share went to the central images (no signal at half of the budget)"
+            c, f = whole, WarmupChoice(None, 0.0, None, None, f"frequency release off: {why}")
+        else:
+            f = plan_frequency(params, layout, round(free, 4))
     return WarmupPlan(central=c, frequency=f)

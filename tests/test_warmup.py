@@ -89,6 +89,31 @@ def test_the_default_plan_has_signal_at_eps_1_and_10():
         assert c.noise_std < old_std / 3
 
 
+@pytest.mark.parametrize("eps", [1.0, 2.0, 5.0, 10.0])
+def test_fetapro_never_plans_less_easy_stage_than_dpfeta(eps):
+    """Splitting the cap between FETA-Pro's two warm-ups must not turn its easy stage off where
+    DP-FETA's is on: where the split leaves one off (eps = 1 at the defaults), the central images
+    get the whole budget, exactly DP-FETA's plan; otherwise both are on and share the cap."""
+    p = _params(eps)
+    dpfeta = plan_warmups(p, MNIST, True, False)
+    fetapro = plan_warmups(p, MNIST, True, True)
+    assert dpfeta.central.enabled  # the defaults have signal at every eps here
+    if fetapro.frequency.enabled:
+        assert fetapro.central.enabled
+        assert fetapro.central.share + fetapro.frequency.share == pytest.approx(warmup_cap(p))
+    else:
+        assert fetapro.central == dpfeta.central
+        assert fetapro.frequency.share == 0.0 and "central images" in fetapro.frequency.reason
+    fp, fd = plan(p, METHODS["fetapro"], MNIST), plan(p, METHODS["dpfeta"], MNIST)
+    assert (
+        fp.dp_sgd.noise_multiplier
+        <= (1 + p.privacy.warmup_tolerance)
+        * plan(p, METHODS["dpdm"], MNIST).dp_sgd.noise_multiplier
+    )
+    if not fetapro.frequency.enabled:
+        assert fp.mechanisms == fd.mechanisms
+
+
 def test_predicted_error_grows_with_noise_and_reproduces_the_mechanism():
     """The proxy simulation: error 0 at std 0 without post-processing at full resolution; mean
     release error increases with noise; SNR is contrast / error."""
