@@ -69,14 +69,26 @@ def _metric_rows(
 
 def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (experiment, method) from ``dvc exp show --json``: the method's metrics plus
-    ``experiment`` (name, else short rev) and ``target_epsilon`` (params ``privacy.epsilon``)."""
-    rows: list[dict[str, Any]] = []
+    ``experiment`` (name, else short rev) and ``target_epsilon`` (params ``privacy.epsilon``).
+
+    After ``dvc exp run`` the workspace holds that experiment's params and metrics, and the
+    baseline commit those of the run committed with it: a workspace state identical to another
+    state is that run again and is left out, so no run counts twice as a repeat."""
+    states: list[tuple[Mapping[str, Any], str]] = []
     seen: set[str] = set()
     for state in _states(entries):
         data = state.get("data")
         if not data or state.get("error") or state["rev"] in seen:
             continue
         seen.add(state["rev"])
+        content = json.dumps([data.get("params"), data.get("metrics")], sort_keys=True, default=str)
+        states.append((state, content))
+    named = {content for state, content in states if state["rev"] != "workspace"}
+    rows: list[dict[str, Any]] = []
+    for state, content in states:
+        if state["rev"] == "workspace" and content in named:
+            continue
+        data = state["data"]
         params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
         target = (params.get("privacy") or {}).get("epsilon")
         target = None if target is None else float(target)

@@ -75,12 +75,31 @@ EXP_SHOW = [
 
 def test_rows_from_exp_show():
     rows = sweep.rows_from_exp_show(EXP_SHOW)
-    assert len(rows) == 8  # 4 successful states x 2 methods (the broken metrics file skipped)
+    # 3 distinct successful states x 2 methods (the broken metrics file skipped); the workspace
+    # holds exactly what "main" does (the run committed with it) and is not counted again
+    assert len(rows) == 6
     by = {(r["experiment"], r["method"]): r for r in rows}
     assert by[("eps-1", "dpfeta")]["target_epsilon"] == 1.0
     assert by[("eps-1", "dpfeta")]["fid"] == 320.0
     assert by[("eps-5", "dpdm")]["cnn"] == pytest.approx(0.2)
-    assert ("workspace", "dpfeta") in by and ("main", "dpdm") in by
+    assert ("main", "dpdm") in by and ("workspace", "dpfeta") not in by
+    # a workspace that differs (a run not yet committed) is a run of its own
+    fresh = [state("workspace", None, 10.0, 250.0, 0.6), *EXP_SHOW[1:]]
+    assert ("workspace", "dpfeta") in {
+        (r["experiment"], r["method"]) for r in sweep.rows_from_exp_show(fresh)
+    }
+
+
+def test_after_dvc_exp_run_the_workspace_is_not_a_second_repeat():
+    """`dvc exp run` leaves its params and metrics in the workspace: the summary counts that
+    experiment once."""
+    exp = state("b" * 40, "eps-1", 1.0, 320.0, 0.3)
+    base = state("a" * 40, "main", 10.0, 240.0, 0.6, exps=[{"revs": [exp], "name": "eps-1"}])
+    rows = sweep.rows_from_exp_show([state("workspace", None, 1.0, 320.0, 0.3), base])
+    (row,) = [
+        s for s in sweep.summarise(rows) if s["method"] == "dpfeta" and s["target_epsilon"] == 1.0
+    ]
+    assert row["repeats"] == 1 and row["experiments"] == ["eps-1"]
 
 
 def test_outputs_and_table(tmp_path):
@@ -90,7 +109,7 @@ def test_outputs_and_table(tmp_path):
     assert json.loads(written["json"].read_text()) == sweep.summarise(rows)
     assert written["figure"].stat().st_size > 0
     table = sweep.markdown_table(rows)
-    assert table[0].startswith("| experiment | method | ε target |") and len(table) == 2 + 8 + 2
+    assert table[0].startswith("| experiment | method | ε target |") and len(table) == 2 + 6 + 2
     assert table[-1].startswith("± : standard deviation over classifier seeds")
     assert "| eps-1 | dpfeta | 1 | 0.998 | 320.0 | 0.300 ± 0.010 |" in "\n".join(table)
     with pytest.raises(ValueError, match="no runs"):
@@ -104,11 +123,14 @@ def test_figure_axes():
     ax_fid, ax_acc = fig.axes
     assert ax_fid.get_xscale() == "log" and ax_acc.get_xscale() == "log"
     assert len(ax_acc.containers) == 6  # 2 methods x 3 classifiers, with error bars
-    summary = sweep.summarise(sweep.rows_from_exp_show(EXP_SHOW))
+    repeat = state("f" * 40, "eps-10-s1", 10.0, 250.0, 0.62)
+    entries = [{**EXP_SHOW[1], "experiments": [*EXP_SHOW[1]["experiments"], {"revs": [repeat]}]}]
+    summary = sweep.summarise(sweep.rows_from_exp_show(entries))
     fig = sweep.summary_figure(summary, ["cnn", "resnet", "logreg"])
     ax_fid, ax_acc = fig.axes
     assert len(ax_acc.containers) == 6
-    assert "± over 2 whole-pipeline repeats" in ax_acc.get_title()  # workspace + main at eps 10
+    assert len(ax_fid.containers) == 2  # FID with its repeat spread, per method
+    assert "± over 2 whole-pipeline repeats" in ax_acc.get_title()  # main + eps-10-s1 at eps 10
 
 
 def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
