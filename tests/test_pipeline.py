@@ -252,6 +252,43 @@ def test_the_executed_report_renders_offline_with_embedded_figures(tiny_run):
     assert "With the cnn classifier," in html  # the generated reading
 
 
+def test_the_report_draws_the_committed_sweep(tiny_run, tmp_path):
+    """With a committed docs/sweep/sweep.json the report stage draws quality against ε (± over
+    whole-pipeline repeats) from it; without one (the tiny run) it draws no such figure."""
+    import shutil
+
+    from easyhard import sweep
+    from easyhard.config import load_params
+    from easyhard.pipeline import report
+    from easyhard.pipeline.paths import Paths
+
+    assert (
+        "quality_vs_epsilon"
+        not in report.run(load_params(tiny_run / "params.yaml"), Paths(tiny_run))["figures"]
+    )
+    root = tmp_path / "repo"
+    shutil.copytree(tiny_run, root, ignore=shutil.ignore_patterns("private"))
+    rows = [
+        {
+            "experiment": f"e{s}",
+            "method": "dpfeta",
+            "target_epsilon": eps,
+            "seed": s,
+            "epsilon": eps,
+            "private": True,
+            "fid": 100.0 / eps + s,
+            "cnn": 0.5 + 0.01 * s,
+        }
+        for eps in (1.0, 10.0)
+        for s in range(3)
+    ]
+    (root / "docs" / "sweep").mkdir(parents=True)
+    (root / "docs" / "sweep" / "sweep.json").write_text(json.dumps(sweep.summarise(rows)))
+    out = report.run(load_params(root / "params.yaml"), Paths(root))
+    assert out["sweep"] == sweep.summarise(rows)
+    assert out["figures"]["quality_vs_epsilon"].is_file()
+
+
 def _runner(root: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "easyhard.run", *args],

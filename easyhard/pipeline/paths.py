@@ -112,6 +112,11 @@ class Paths:
     def report(self) -> Path:
         return self.root / "report"
 
+    @property
+    def sweep(self) -> Path:
+        """The committed ε sweep's summary (``python -m easyhard.sweep --out docs/sweep``)."""
+        return self.root / "docs" / "sweep" / "sweep.json"
+
 
 def find_root(start: str | Path | None = None) -> Path:
     """The repository root: the nearest folder upward from ``start`` holding ``params.yaml``."""

@@ -7,7 +7,8 @@ dataset's total composes every mechanism of every release made from it.
 The report is the project's figure page: :func:`table` (rounded, ± over classifier seeds, ↑/↓ on
 the headers, "∞ (not private)" for the ceiling), bar charts with error bars, each method's central
 images beside its samples with class labels, and :func:`reading`, a paragraph generated from the
-numbers. Un-noised training diagnostics are not part of the DP release and stay out of the report.
+numbers, and the committed ε sweep (``docs/sweep/sweep.json``: quality against ε, ± over
+whole-pipeline repeats) when there is one. Un-noised training diagnostics are not part of the DP release and stay out of the report.
 
 ``python -m easyhard.pipeline.report --export DIR`` copies the report's PNGs (``report/figures``)
 into ``DIR`` (e.g. ``docs/figures``), for the documentation.
@@ -32,6 +33,7 @@ from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.plots import comparison_bars, side_by_side
+from easyhard.sweep import summary_figure
 
 #: What the ± of every accuracy is taken over (one synthetic set per method and run).
 SPREAD = "± = std over classifier seeds"
@@ -157,6 +159,9 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "metrics": _bars(metrics, classifiers),
         "samples": side_by_side(_image_panels(params, paths), test.classes),
     }
+    sweep = read_json(paths.sweep) if paths.sweep.is_file() else []
+    if sweep:  # the committed ε sweep: mean ± std over whole-pipeline repeats
+        figs["quality_vs_epsilon"] = summary_figure(sweep, classifiers)
     saved = {
         name: save_figure(fig, paths.report / "figures" / f"{name}.png")
         for name, fig in figs.items()
@@ -192,6 +197,7 @@ def run(params: Params, paths: Paths) -> dict[str, Any]:
         "table": table(metrics, classifiers),
         "reading": text,
         "figures": saved,
+        "sweep": sweep,
         "privacy": privacy,
         "dataset": dataset,
     }
