@@ -71,9 +71,11 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     """One row per (experiment, method) from ``dvc exp show --json``: the method's metrics plus
     ``experiment`` (name, else short rev) and ``target_epsilon`` (params ``privacy.epsilon``).
 
-    After ``dvc exp run`` the workspace holds that experiment's params and metrics, and the
-    baseline commit those of the run committed with it: a workspace state identical to another
-    state is that run again and is left out, so no run counts twice as a repeat."""
+    After ``dvc exp run`` the workspace holds that experiment's metrics (and while the next one
+    runs, the new params beside the old metrics), and the baseline commit those of the run
+    committed with it: a workspace whose metrics equal another state's is that run again and is
+    left out (two runs with new secret noise never agree to the last digit), so no run counts
+    twice as a repeat, nor under another run's params."""
     states: list[tuple[Mapping[str, Any], str]] = []
     seen: set[str] = set()
     for state in _states(entries):
@@ -81,7 +83,8 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         if not data or state.get("error") or state["rev"] in seen:
             continue
         seen.add(state["rev"])
-        content = json.dumps([data.get("params"), data.get("metrics")], sort_keys=True, default=str)
+        rows_here = _metric_rows(data.get("metrics") or {}, "", 0.0)
+        content = json.dumps(rows_here, sort_keys=True, default=str)
         states.append((state, content))
     named = {content for state, content in states if state["rev"] != "workspace"}
     rows: list[dict[str, Any]] = []

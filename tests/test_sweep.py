@@ -100,6 +100,11 @@ def test_after_dvc_exp_run_the_workspace_is_not_a_second_repeat():
         s for s in sweep.summarise(rows) if s["method"] == "dpfeta" and s["target_epsilon"] == 1.0
     ]
     assert row["repeats"] == 1 and row["experiments"] == ["eps-1"]
+    # while the next experiment runs: its params in the workspace beside the last one's metrics
+    running = state("workspace", None, 10.0, 320.0, 0.3)
+    running["data"]["metrics"] = exp["data"]["metrics"]
+    rows = sweep.rows_from_exp_show([running, base])
+    assert [r["experiment"] for r in rows if r["method"] == "dpfeta"] == ["main", "eps-1"]
 
 
 def test_outputs_and_table(tmp_path):
