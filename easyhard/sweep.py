@@ -356,11 +356,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.metrics:
             rows = rows_from_metrics_files(args.metrics)
         else:
-            if args.exp_json:
-                text = Path(args.exp_json).read_text()
-            else:
-                text = json.dumps(exp_show())
-            rows = rows_from_exp_show(json.loads(text))
+            entries = json.loads(Path(args.exp_json).read_text()) if args.exp_json else exp_show()
+            rows = rows_from_exp_show(entries)
         written = write_outputs(rows, args.out)
     except (ValueError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
