@@ -116,6 +116,8 @@ def _repo(dest: Path, source: Path, override: dict | None = None) -> Path:
     for stale in ("dvc.lock", "runs", "report", "docs"):  # results of the committed default run
         p = dest / stale
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    (dest / "docs" / "sweep").mkdir(parents=True)  # the report's dependency: no sweep committed
+    (dest / "docs" / "sweep" / "sweep.json").write_text("[]\n")
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(merge(base, merge(TINY, override or {}))))
     shutil.copytree(source, dest / "private" / "raw")
