@@ -173,21 +173,27 @@ def summary_table(
     """The summary as markdown: mean ± std over whole-pipeline repeats."""
     head = ["method", "ε target", "repeats", "FID ↓", *(f"{c} acc ↑" for c in classifiers)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def cell(mean: float | None, std: float | None, digits: int, repeats: int) -> str:
+        if mean is None:
+            return "–"
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if repeats > 1 else "")
+
     for r in summary:
+        n = int(r["repeats"])
         cells = [
             r["method"],
             "∞ (not private)" if r["target_epsilon"] is None else f"{r['target_epsilon']:g}",
-            str(r["repeats"]),
-            "–" if r.get("fid") is None else f"{r['fid']:.1f} ± {r['fid_std']:.1f}",
+            str(n),
+            cell(r.get("fid"), r.get("fid_std"), 1, n),
         ]
         for c in classifiers:
-            m = r.get(f"{c}_acc_mean")
-            cells.append("–" if m is None else f"{m:.3f} ± {r[f'{c}_acc_std']:.3f}")
+            cells.append(cell(r.get(f"{c}_acc_mean"), r.get(f"{c}_acc_std"), 3, n))
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
         "± : standard deviation over whole-pipeline repeats (each with its own seed and, in a "
-        "secure run, new secret noise); 0 for a single run."
+        "secure run, new secret noise); none for a single run."
     )
     return lines
 

@@ -201,6 +201,14 @@ def test_repeats_are_summarised_as_mean_and_std_over_whole_pipeline_runs(tmp_pat
     assert "standard deviation over whole-pipeline repeats" in text
 
 
+def test_a_single_run_is_shown_without_a_spread():
+    """One run has no repeat spread: its row shows the value alone, not "± 0"."""
+    row = {"method": "dpfeta", "target_epsilon": 1.0, "epsilon": 1.0, "private": True}
+    summary = sweep.summarise([{**row, "experiment": "e", "fid": 100.0, "cnn": 0.5}], ["cnn"])
+    text = "\n".join(sweep.summary_table(summary, ["cnn"]))
+    assert "| dpfeta | 1 | 1 | 100.0 | 0.500 |" in text and "± 0" not in text
+
+
 def _fake_dvc(tmp_path, monkeypatch, exps):
     """A stand-in `dvc` on PATH that records its arguments and answers `exp show` with ``exps``."""
     import os
