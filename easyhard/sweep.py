@@ -17,7 +17,8 @@ Writes ``report/sweep/sweep.json`` (one row per method and target ε: ``fid``, `
 runs, their ``seeds``), ``runs.json`` (one row per experiment and method) and
 ``quality_vs_epsilon.png`` (FID and downstream accuracy against the target ε, one line per method
 with the repeat spread; the non-private ceiling, which has no ε, as a horizontal line) and prints
-both as markdown tables.
+both as markdown tables, then the papers' orderings with their repeat spread
+(:mod:`easyhard.ordering`).
 
 A row holds the keys of ``runs/<method>/metrics.json`` (:func:`easyhard.pipeline.evaluate.headline`:
 ``epsilon``, ``private``, ``fid``, ``<classifier>``, ``<classifier>_sd``) plus ``experiment``,
@@ -37,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from easyhard.config import CLASSIFIERS
+from easyhard.ordering import ordering_lines
 
 OUT = Path("report") / "sweep"
 
@@ -170,7 +172,7 @@ def summarise(
 def summary_table(
     summary: Sequence[Mapping[str, Any]], classifiers: Sequence[str] = CLASSIFIERS
 ) -> list[str]:
-    """The summary as markdown: mean ± std over whole-pipeline repeats."""
+    """The summary as markdown, by ε and then method: mean ± std over whole-pipeline repeats."""
     head = ["method", "ε target", "repeats", "FID ↓", *(f"{c} acc ↑" for c in classifiers)]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
 
@@ -179,7 +181,10 @@ def summary_table(
             return "–"
         return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if repeats > 1 else "")
 
-    for r in summary:
+    def order(r: Mapping[str, Any]) -> tuple[float, str]:  # by ε (the ceiling last), then method
+        return (math.inf if r["target_epsilon"] is None else r["target_epsilon"], r["method"])
+
+    for r in sorted(summary, key=order):
         n = int(r["repeats"])
         cells = [
             r["method"],
@@ -370,7 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print("\n".join(markdown_table(rows)))
     print()
-    print("\n".join(summary_table(summarise(rows))))
+    summary = summarise(rows)
+    print("\n".join(summary_table(summary)))
+    print()  # the papers' claims, each with its repeat spread (easyhard.ordering)
+    print("\n".join(ordering_lines(summary, classifiers=[c for c in CLASSIFIERS if c in rows[0]])))
     print(f"wrote {written['json']}, {written['runs']} and {written['figure']}")
     return 0
 

@@ -1,9 +1,11 @@
 """The README's first screen: short, its links resolve, and its results are the committed run's.
 
-When a default run's results are committed (``runs/<method>/metrics.json``), each row of the table
-under "## Results" names a method and its ε, FID and every classifier's accuracy (mean ± std over
-classifier seeds) must equal that file rounded as printed, and the dataset total must equal
+When a default run's results are committed (``runs/<method>/metrics.json``), each row of the first
+table under "## Results" names a method and its ε, FID and every classifier's accuracy (mean ± std
+over classifier seeds) must equal that file rounded as printed, and the dataset total must equal
 ``report/privacy.json``. Without committed results the README must say so and show no numbers.
+When an ε sweep is committed (``docs/sweep/sweep.json``), the second table is exactly the table
+``python -m easyhard.sweep`` prints for it (mean ± std over whole-pipeline repeats).
 """
 
 from __future__ import annotations
@@ -18,10 +20,26 @@ ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"DP-FETA": "dpfeta", "DPDM": "dpdm", "FETA-Pro": "fetapro"}
 
 
-def _table() -> list[list[str]]:
+def _tables() -> list[list[str]]:
+    """The markdown tables under "## Results", each as its lines, in order."""
     text = (ROOT / "README.md").read_text()
     section = text.split("\n## Results", 1)[1].split("\n## ", 1)[0]
-    lines = [ln for ln in section.splitlines() if ln.startswith("| ")]
+    tables: list[list[str]] = []
+    previous = False
+    for ln in section.splitlines():
+        row = ln.startswith("| ")
+        if row and not previous:
+            tables.append([])
+        if row:
+            tables[-1].append(ln)
+        previous = row
+    return tables
+
+
+def _table() -> list[list[str]]:
+    """The first table: the default run, its cells."""
+    tables = _tables()
+    lines = tables[0] if tables else []
     return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
 
 
@@ -75,3 +93,31 @@ def test_readme_dataset_total_equals_the_committed_report():
     text = (ROOT / "README.md").read_text()
     found = re.search(r"dataset total ε = ([0-9.]+)", text)
     assert found and float(found.group(1)) == round(privacy["epsilon"], 2)
+
+
+SWEEP = json.loads((ROOT / "docs" / "sweep" / "sweep.json").read_text())
+
+
+@pytest.mark.skipif(not SWEEP, reason="no ε sweep committed for this code")
+def test_readme_sweep_table_equals_the_committed_sweep():
+    from easyhard.sweep import summary_table
+
+    tables = _tables()
+    assert len(tables) >= 2, "the committed sweep's table is missing from the README's Results"
+    expected = [ln for ln in summary_table(SWEEP) if ln.startswith("|")]
+    assert tables[1] == expected
+    text = (ROOT / "README.md").read_text()
+    assert "docs/sweep/quality_vs_epsilon.png" in text
+
+
+@pytest.mark.skipif(not SWEEP, reason="no ε sweep committed for this code")
+def test_readme_orderings_are_the_committed_sweeps_with_their_spread():
+    """Every ordering the README states is a line easyhard.ordering computes from the sweep."""
+    from easyhard.config import CLASSIFIERS
+    from easyhard.ordering import ordering_lines
+
+    classifiers = [c for c in CLASSIFIERS if f"{c}_acc_mean" in SWEEP[0]]
+    expected = ordering_lines(SWEEP, classifiers=classifiers)
+    section = (ROOT / "README.md").read_text().split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    stated = [ln for ln in section.splitlines() if ln.startswith("ε = ")]
+    assert stated == expected
