@@ -54,10 +54,38 @@ def _final_text(text: str) -> str:
     return "\n".join(line.rsplit("\r", 1)[-1] for line in lines)
 
 
+#: Within a run of consecutive stream outputs, the order they are stored in.
+_STREAM_ORDER = ("stderr", "stdout")
+
+
+def _merge_streams(outputs: list[Any]) -> list[Any]:
+    """Each run of consecutive stream outputs as one stderr output, then one stdout output.
+
+    ipykernel flushes the two streams on their own timers, so how a bar's stderr interleaves with
+    a print's stdout depends on timing (under load a bar's closing newline came after the print);
+    each stream's own order is kept. A display flushes both streams before it is sent, so the runs
+    between displays are the kernel's, not the clock's."""
+    merged: list[Any] = []
+    run: dict[str, Any] = {}
+    for out in [*outputs, None]:
+        if out is not None and out.get("output_type") == "stream":
+            if out.get("name") in run:
+                run[out["name"]]["text"] += out["text"]
+            else:
+                run[out.get("name")] = out
+            continue
+        rank = {k: _STREAM_ORDER.index(k) if k in _STREAM_ORDER else 2 for k in run}
+        merged.extend(run[k] for k in sorted(run, key=rank.__getitem__))
+        run = {}
+        if out is not None:
+            merged.append(out)
+    return merged
+
+
 def tidy_notebook(nb: Any, name: str) -> Any:
-    """Drop wall-clock times, temporary paths and random cell ids from an executed notebook; merge
-    each cell's consecutive stream outputs into one, as a terminal shows them (a progress bar: its
-    last line)."""
+    """Drop wall-clock times, temporary paths and random cell ids from an executed notebook; store
+    each run of a cell's consecutive stream outputs as one stderr and one stdout output, as a
+    terminal shows them (a progress bar: its last line), whatever the timing of the two streams."""
     pm = nb.metadata.get("papermill", {})
     for k in _TIMING_KEYS:
         pm.pop(k, None)
@@ -68,17 +96,7 @@ def tidy_notebook(nb: Any, name: str) -> Any:
         meta.pop("execution", None)
         for k in _TIMING_KEYS:
             meta.get("papermill", {}).pop(k, None)
-        outputs, merged = cell.get("outputs", []), []
-        for out in outputs:
-            if (
-                out.get("output_type") == "stream"
-                and merged
-                and merged[-1].get("output_type") == "stream"
-                and merged[-1].get("name") == out.get("name")
-            ):
-                merged[-1]["text"] += out["text"]
-            else:
-                merged.append(out)
+        merged = _merge_streams(cell.get("outputs", []))
         for out in merged:
             if out.get("output_type") == "stream":
                 out["text"] = _final_text(out["text"])
