@@ -251,8 +251,14 @@ def summary_figure(summary: Sequence[Mapping[str, Any]], classifiers: Sequence[s
             if r.get(f"{c}_acc_mean") is not None:
                 row[c], row[f"{c}_sd"] = r[f"{c}_acc_mean"], r[f"{c}_acc_std"]
         rows.append(row)
-    n = max((int(r.get("repeats") or 1) for r in summary), default=1)
-    spread = f"± over {n} whole-pipeline repeats" if n > 1 else "one run per point"
+    ns = [int(r.get("repeats") or 1) for r in summary] or [1]
+    lo, hi = min(ns), max(ns)
+    if hi == 1:
+        spread = "one run per point"
+    elif lo == hi:
+        spread = f"± over {hi} whole-pipeline repeats"
+    else:  # say the range: a point from one run has no spread
+        spread = f"± over {lo}–{hi} whole-pipeline repeats per point"
     return quality_vs_epsilon_figure(rows, classifiers, spread)
 
 

@@ -135,7 +135,8 @@ def test_figure_axes():
     ax_fid, ax_acc = fig.axes
     assert len(ax_acc.containers) == 6
     assert len(ax_fid.containers) == 2  # FID with its repeat spread, per method
-    assert "± over 2 whole-pipeline repeats" in ax_acc.get_title()  # main + eps-10-s1 at eps 10
+    # main + eps-10-s1 at eps 10, one run at eps 1: the title says the range
+    assert "± over 1–2 whole-pipeline repeats per point" in ax_acc.get_title()
 
 
 def test_cli_on_metrics_files_and_exp_json(tmp_path, capsys):
