@@ -161,8 +161,8 @@ def quality_vs_epsilon_figure(
                 ls=["-", "--", ":"][j % 3],
                 label=f"{m} {name}",
             )
-    ax_fid.set_title(f"FID to held-out real images ↓ ({spread})", fontsize=9)
-    ax_acc.set_title(f"accuracy on real test images ↑ ({spread})", fontsize=9)
+    ax_fid.set_title(f"FID to held-out real images ↓\n({spread})", fontsize=9)
+    ax_acc.set_title(f"accuracy on real test images ↑\n({spread})", fontsize=9)
     for ax, label in ((ax_fid, "FID ↓"), (ax_acc, "accuracy ↑")):
         ax.set_xscale("log")
         ax.set_xlabel("ε (target)")
