@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from easyhard.config import CLASSIFIERS
+
 #: The pairs the papers' claims are about: DP-FETA over DPDM, FETA-Pro over DP-FETA.
 CLAIMS: tuple[tuple[str, str], ...] = (("dpfeta", "dpdm"), ("fetapro", "dpfeta"))
 
@@ -79,10 +81,12 @@ def compare(
 def ordering_lines(
     summary: Sequence[Mapping[str, Any]],
     pairs: Sequence[tuple[str, str]] = CLAIMS,
-    classifiers: Sequence[str] = (),
+    classifiers: Sequence[str] | None = None,
 ) -> list[str]:
     """One line per target ε and pair, by ε: ``ε = 10, 3 vs 3 repeats: a vs b: fid >, cnn ≥
-    (holds)``."""
+    (holds)``; ``classifiers`` defaults to every classifier the summary's rows have."""
+    if classifiers is None:
+        classifiers = [c for c in CLASSIFIERS if any(f"{c}_acc_mean" in r for r in summary)]
     found = [c for a, b in pairs for c in compare(summary, a, b, classifiers)]
     lines = []
     for c in sorted(found, key=lambda c: c.target_epsilon):
