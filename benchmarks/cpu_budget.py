@@ -48,14 +48,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _proxy() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from easyhard.layout import Layout
-    from easyhard.proxy import proxy_images
+    from easyhard.proxy import proxy_split
 
-    x, y = proxy_images(Layout(10, (1, 28, 28)), "digits")
-    order = np.random.default_rng(2024).permutation(len(x))
-    n_test = 360
-    te, tr = order[:n_test], order[n_test:]
-    t = torch.as_tensor
-    return t(x[tr]), t(y[tr]), t(x[te]), t(y[te])
+    return tuple(torch.as_tensor(a) for a in proxy_split(Layout(10, (1, 28, 28)), "digits"))
 
 
 def held_out_loss(den: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, edm: Any) -> float:
@@ -129,16 +124,13 @@ def networks(p: Any, steps: int, ft_steps: int) -> list[dict[str, Any]]:
     return rows
 
 
-def dp_compute(p: Any, seeds: int, epochs_scale: float) -> list[dict[str, Any]]:
-    """Measurement 2: DP-SGD (epochs, K) at the default epsilon on the proxy."""
+def pretrained_on_proxy_means(p: Any) -> Any:
+    """The easy stage's stand-in on the proxy: ``p``'s network pretrained (``p.pretrain``) on 4
+    noisy class means per class (noise std 0.1) of the proxy training images. Returns the EMA."""
     from easyhard.modelfile import build_denoiser
-    from easyhard.privacy.accounting import calibrate_noise_multiplier, steps_for_epochs
-    from easyhard.privacy.randomness import noise_source
-    from easyhard.train import dp_finetune, pretrain
+    from easyhard.train import pretrain
 
-    xtr, ytr, xte, yte = _proxy()
-    n = len(xtr)
-    # a stand-in for the central images: 4 noisy class means per class (noise std 0.1)
+    xtr, ytr, _, _ = _proxy()
     gen = torch.Generator().manual_seed(1)
     means = torch.stack([xtr[ytr == k].mean(0) for k in range(10)])
     xc = (means.repeat(4, 1, 1, 1) + 0.1 * torch.randn(40, 1, 28, 28, generator=gen)).clamp(0, 1)
@@ -148,6 +140,56 @@ def dp_compute(p: Any, seeds: int, epochs_scale: float) -> list[dict[str, Any]]:
     ema0, _ = pretrain(
         den0, xc, yc, replace(p.pretrain, checkpoint_every=0), p.edm, p.seed, progress=False
     )
+    return ema0
+
+
+def proxy_release_model(p: Any, seed: int = 0) -> torch.nn.Module:
+    """A DP-FETA-like model of the proxy: :func:`pretrained_on_proxy_means`, then DP-SGD on the
+    proxy training images at ``p.privacy.epsilon`` with ``p.finetune`` (sigma calibrated by
+    ``p.privacy.accountant`` for the proxy's N), seeded noise. Returns the EMA denoiser."""
+    from easyhard.modelfile import build_denoiser
+    from easyhard.privacy.accounting import calibrate_noise_multiplier, steps_for_epochs
+    from easyhard.privacy.randomness import noise_source
+    from easyhard.train import dp_finetune
+
+    xtr, ytr, _, _ = _proxy()
+    den = build_denoiser(p.network, (1, 28, 28), 10, p.edm.sigma_data)
+    den.load_state_dict(pretrained_on_proxy_means(p).model.state_dict())  # the EMA, trainable
+    q = p.finetune.sample_rate
+    steps = steps_for_epochs(p.finetune.epochs, q)
+    sigma = calibrate_noise_multiplier(
+        p.privacy.epsilon,
+        p.privacy.delta,
+        sample_rate=q,
+        steps=steps,
+        accountant=p.privacy.accountant,
+    ).noise_multiplier
+    ema, _ = dp_finetune(
+        den,
+        xtr,
+        ytr,
+        cfg=replace(p.finetune, checkpoint_every=0),
+        edm=p.edm,
+        noise_multiplier=sigma,
+        steps=steps,
+        expected_batch=q * len(xtr),
+        noise=noise_source("seeded", seed, "dp_sgd"),
+        seed=seed,
+        progress=False,
+    )
+    return ema.model
+
+
+def dp_compute(p: Any, seeds: int, epochs_scale: float) -> list[dict[str, Any]]:
+    """Measurement 2: DP-SGD (epochs, K) at the default epsilon on the proxy."""
+    from easyhard.modelfile import build_denoiser
+    from easyhard.privacy.accounting import calibrate_noise_multiplier, steps_for_epochs
+    from easyhard.privacy.randomness import noise_source
+    from easyhard.train import dp_finetune
+
+    xtr, ytr, xte, yte = _proxy()
+    n = len(xtr)
+    ema0 = pretrained_on_proxy_means(p)
     start = ema0.model.state_dict()
     base = held_out_loss(ema0.model, xte, yte, p.edm)
     print(f"pretrained on noisy proxy class means: held-out loss {base:.4f}", flush=True)

@@ -19,7 +19,8 @@ i.e. how far the released image is from the true class mean compared with what t
 apart. Criterion (the issue's): the warm-ups together get the largest budget share that raises
 DP-SGD's noise multiplier by at most ``privacy.warmup_tolerance`` (:func:`warmup_cap`, for a
 one-Gaussian stand-in with RDP; a fixed warm-up beside a planned one counts what it costs alone;
-planned warm-ups of one method split the rest equally); within its share a warm-up takes the setting (type,
+two planned warm-ups of one method split the rest, ``frequency.cap_fraction`` of it to the
+frequency release); within its share a warm-up takes the setting (type,
 downsampling, q; one query) with the highest predicted SNR. Below ``min_snr`` it is *off* and
 spends nothing: DP-FETA then runs as DPDM, never below it.
 
@@ -299,8 +300,9 @@ class PlanInputs:
 
 
 def plan_warmups(params: Params, layout: Layout, central: bool, frequency: bool) -> WarmupPlan:
-    """Plan the warm-ups one method runs (``central``, ``frequency``). Planned warm-ups share the
-    cap (:func:`warmup_cap`) equally; one that is off leaves its part to the other."""
+    """Plan the warm-ups one method runs (``central``, ``frequency``). Two planned warm-ups share
+    the cap (:func:`warmup_cap`): ``frequency.cap_fraction`` of it to the frequency release, the
+    rest to the central images; one that is off leaves its part to the other."""
     sgd = _Sgd(params.finetune.sample_rate, params.finetune.epochs)
     inputs = PlanInputs(
         params.data.name, params.seed, params.privacy, params.central, params.frequency, sgd
@@ -333,8 +335,8 @@ def _plan_warmups(params: PlanInputs, layout: Layout, central: bool, frequency: 
     fixed_c = _fixed_share(params, "central") if central and not auto_c else 0.0
     fixed_f = _fixed_share(params, "frequency") if frequency and not auto_f else 0.0
     free = max(cap - fixed_c - fixed_f, 0.0)
-    parts = max(auto_c + auto_f, 1)
-    c = plan_central(params, layout, round(free / parts, 4)) if central else off
+    frac = params.frequency.cap_fraction if (auto_c and auto_f) else 0.0
+    c = plan_central(params, layout, round(free * (1.0 - frac), 4)) if central else off
     left = free - (c.share if auto_c else 0.0)
     f = plan_frequency(params, layout, round(left, 4)) if frequency else off
     if auto_c and auto_f and not (c.enabled and f.enabled):
@@ -342,7 +344,7 @@ def _plan_warmups(params: PlanInputs, layout: Layout, central: bool, frequency: 
         # first (so FETA-Pro never plans less easy stage than DP-FETA at the same values)
         whole = plan_central(params, layout, round(free, 4))
         if whole.enabled:
-            why = "its share went to the central images (no signal at half of the budget)"
+            why = "its share went to the central images (no signal at its part of the budget)"
             c, f = whole, WarmupChoice(None, 0.0, None, None, f"frequency release off: {why}")
         else:
             f = plan_frequency(params, layout, round(free, 4))

@@ -99,6 +99,9 @@ def test_pick_cheapest_and_summary_line():
     assert picked["fid_ratio"] == pytest.approx(1.04)
     assert B.summary_line({"rows": rows, **picked}) == "easyhard fewstep_nfe=20 fid_ratio=1.040"
     assert B.pick_cheapest(rows, tolerance=0.2)["cheapest"] == "a"
+    # as many network calls: the lower FID wins, not the faster clock
+    tied = [*rows, {"name": "a2", "nfe": 10, "seconds": 1.5, "fid": 10.2}]
+    assert B.pick_cheapest(tied)["cheapest"] == "a2"
     worse = [dict(r, fid=20.0) if r["name"] != "c" else r for r in rows]
     assert B.summary_line({"rows": worse, **B.pick_cheapest(worse)}) == (
         "easyhard fewstep_nfe=1999 fid_ratio=1.000"
@@ -157,6 +160,31 @@ def test_cli_writes_results(tmp_path, tiny, monkeypatch, capsys):
     assert B.main(["--model", str(tmp_path / "missing.pt"), "--out", str(out)]) == 2
     assert B.main([*common, "--real-images", str(tmp_path / "none.npz")]) == 2
     assert B.main([*common, "--repeat", "nope"]) == 2
+
+
+def test_cli_proxy_reads_only_public_data(tmp_path, monkeypatch):
+    """--proxy (how the default sampler is chosen) trains its model on the public proxy and scores
+    against the proxy's held-out images: from a folder with no run outputs and no data, and with
+    every loader of a sensitive dataset refused."""
+    grid = [B.Setting("h2", "heun", 2), B.Setting("s3", "sde-dpmsolver", 3)]
+    monkeypatch.setattr(B, "default_settings", lambda *a, **k: grid)
+    import easyhard.data as D
+    import easyhard.fid as M
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("--proxy read a run's or the default data's files")
+
+    monkeypatch.setattr(D, "load_npz", refuse)
+    monkeypatch.setattr(B, "test_features", refuse)
+    seen = []
+    monkeypatch.setattr(M, "inception_features", lambda x, **kw: seen.append(len(x)) or pixels(x))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert B.main(["--proxy", "--quick", "--out", str(out), "--repeat", "none"]) == 0
+    result = json.loads((out / "sampling.json").read_text())
+    assert result["proxy"] and "proxy" in result["real_images"] and seen[0] == 50
+    assert [r["nfe"] for r in result["rows"]] == [3, 3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # nothing else written
 
 
 def test_cli_only_reruns_named_settings_and_merges(tmp_path, tiny, monkeypatch):

@@ -39,6 +39,8 @@ def test_repository_params_load():
         ({"finetune": {"sample_rate": 0}}, "finetune.sample_rate must be in (0, 1]"),
         ({"central": {"sample_rate": -0.1}}, "central.sample_rate must be in (0, 1]"),
         ({"central": {"type": "median"}}, "central.type must be one of mean, mode"),
+        ({"frequency": {"cap_fraction": 1.0}}, "frequency.cap_fraction must be in (0, 1)"),
+        ({"frequency": {"cap_fraction": 0}}, "frequency.cap_fraction must be in (0, 1)"),
         ({"methods": ["dpfeta", "dpsgd"]}, "methods must be one of dpfeta, dpdm"),
         ({"pretrain": {"steps": "ten"}}, "pretrain.steps must be an integer"),
         ({"network": {"channels": [16, 32], "attention": [False]}}, "same length"),

@@ -16,7 +16,13 @@ from easyhard.pipeline.methods import METHODS
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import layout, plan
 from easyhard.privacy import compose_epsilon
-from easyhard.proxy import central_snr, generated_shapes, proxy_images, release_errors
+from easyhard.proxy import (
+    central_snr,
+    generated_shapes,
+    proxy_images,
+    proxy_split,
+    release_errors,
+)
 from easyhard.schema import from_mapping, merge, to_dict
 from easyhard.warmup import plan_warmups, warmup_cap
 
@@ -114,6 +120,24 @@ def test_fetapro_never_plans_less_easy_stage_than_dpfeta(eps):
         assert fp.mechanisms == fd.mechanisms
 
 
+def test_cap_fraction_splits_fetapros_cap():
+    """With both warm-ups planned, the frequency release gets ``cap_fraction`` of the cap and the
+    central images the rest (a larger fraction: a smaller central share, a larger frequency one);
+    DP-FETA's plan does not read it."""
+    shares = {}
+    for frac in (0.25, 0.5, 0.75):
+        p = _params(10.0, frequency={"cap_fraction": frac})
+        wp = plan_warmups(p, MNIST, True, True)
+        assert wp.central.enabled and wp.frequency.enabled
+        assert wp.frequency.share == pytest.approx(frac * warmup_cap(p), abs=1e-4)
+        assert wp.central.share + wp.frequency.share == pytest.approx(warmup_cap(p))
+        shares[frac] = wp.central.share
+        assert plan_warmups(p, MNIST, True, False) == plan_warmups(
+            _params(10.0), MNIST, True, False
+        )
+    assert shares[0.25] > shares[0.5] > shares[0.75]
+
+
 def test_predicted_error_grows_with_noise_and_reproduces_the_mechanism():
     """The proxy simulation: error 0 at std 0 without post-processing at full resolution; mean
     release error increases with noise; SNR is contrast / error."""
@@ -164,6 +188,25 @@ def test_a_digits_source_is_planned_on_generated_shapes_never_on_itself(monkeypa
     assert wp.central.config is not None or "nothing spent" in wp.central.reason
     x, y = proxy_images(layout, "shapes")
     assert x.shape[1:] == (1, 8, 8) and set(y.tolist()) == set(range(10))
+
+
+def test_proxy_split_is_fixed_disjoint_and_whole():
+    """The benchmarks' proxy split: the same for every call (a public seed), disjoint, and the
+    whole proxy between its two halves; out-of-range sizes are refused."""
+    layout = Layout(10, (1, 28, 28))
+    x, y = proxy_images(layout, "digits")
+    a, b = proxy_split(layout), proxy_split(layout)
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+    xtr, ytr, xte, yte = a
+    assert len(xte) == 360 and len(xtr) + len(xte) == len(x)
+    rows = {r.tobytes() for r in x.reshape(len(x), -1)}
+    assert {r.tobytes() for r in np.concatenate([xtr, xte]).reshape(len(x), -1)} == rows
+    assert not {r.tobytes() for r in xtr.reshape(len(xtr), -1)} & {
+        r.tobytes() for r in xte.reshape(len(xte), -1)
+    }
+    assert np.bincount(np.concatenate([ytr, yte])).tolist() == np.bincount(y).tolist()
+    with pytest.raises(ValueError, match="n_test"):
+        proxy_split(layout, n_test=len(x))
 
 
 def test_generated_shapes_are_ten_distinct_classes():

@@ -159,10 +159,13 @@ class FrequencyConfig:
     random Fourier features (Gaussian kernel of length scale ``lengthscale`` on the images,
     area-downsampled by ``downsample``), Poisson-subsampled at ``sample_rate``, with fixed noise or
     noise calibrated from ``budget_share``; then ``pretrain_steps`` diffusion warm-up steps on
-    ``images_per_class`` images per class of the auxiliary generator (section ``auxgen``)."""
+    ``images_per_class`` images per class of the auxiliary generator (section ``auxgen``).
+    ``cap_fraction``: with both warm-ups planned, the frequency release's fraction of the planner's
+    budget cap (the central images get the rest)."""
 
     plan: str
     min_snr: float
+    cap_fraction: float
     features: int
     lengthscale: float
     downsample: int
@@ -174,6 +177,7 @@ class FrequencyConfig:
 
     def __post_init__(self) -> None:
         _plan_keys("frequency", self.plan, self.min_snr)
+        in_open("frequency.cap_fraction", self.cap_fraction, 0.0, 1.0)
         positive("frequency.features", self.features)
         if self.features % 2:
             raise ConfigError(f"frequency.features must be even (cos and sin), got {self.features}")

@@ -1,0 +1,190 @@
+"""The pipeline's methods end to end on a PUBLIC proxy at the default's scale, to choose defaults.
+
+The default data has N = 4,000 training images; scikit-learn's digits (the public proxy of
+``benchmarks/cpu_budget.py`` and the warm-up planner) have 1,797, so at the default epsilon their
+releases carry 2-3x the noise per image and the planner turns FETA-Pro's frequency release off. This
+benchmark writes ``--per-class`` (default 500) augmented digits per class as a class-per-folder
+source (``easyhard.proxy.augmented_digits``: public images, public seed), declares its N, and runs
+every stage of each variant in this process on it (``data.name: folder``, the default 80/20 split,
+``privacy.randomness: seeded``: public data, reproducible noise; ``--seeds`` repeats with new noise
+and a new public seed each). No run output and no image of the default data is read.
+
+A variant is ``METHOD`` or ``METHOD:key=value,key=value`` (params keys, e.g.
+``fetapro:frequency.cap_fraction=0.25``). Prints per variant FID and each classifier's accuracy,
+mean +- std over the seeds, writes ``--json``, and ends with one line
+``easyhard proxy best=<variant by CNN accuracy> cnn=<its mean> fid=<its mean>``.
+
+    python benchmarks/proxy_pipeline.py dpfeta fetapro fetapro:frequency.cap_fraction=0.25
+    python benchmarks/proxy_pipeline.py --quick dpfeta fetapro      # smoke run, ~2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as a script whether or not easyhard is installed
+    sys.path.insert(0, str(ROOT))
+
+from easyhard.config import Params, load_params  # noqa: E402
+from easyhard.schema import from_mapping, merge, to_dict  # noqa: E402
+
+QUICK = {
+    "pretrain": {"steps": 10, "checkpoint_every": 0},
+    "finetune": {"epochs": 0.1, "checkpoint_every": 0},
+    "frequency": {"pretrain_steps": 5, "images_per_class": 8},
+    "auxgen": {"steps": 5},
+    "sample": {"count": 60, "steps": 3},
+    "evaluate": {"fid_count": 30, "fid_real_count": 30, "classifier_epochs": 1},
+}
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    """``METHOD[:key=value,...]`` -> (method, nested overrides); values parsed as YAML."""
+    method, _, rest = text.partition(":")
+    over: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"variant {text!r}: expected key=value, got {item!r}")
+        *head, last = key.split(".")
+        node = over
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = yaml.safe_load(value)
+    return method, over
+
+
+def write_source(root: Path, per_class: int, seed: int) -> int:
+    """The augmented proxy as PNG files ``root/<class>/<i>.png``; returns their number."""
+    from PIL import Image
+
+    from easyhard.proxy import augmented_digits
+
+    x, y = augmented_digits(per_class, seed=seed)
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        d = root / str(label)
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.round(img[0] * 255).astype(np.uint8), mode="L").save(d / f"{i}.png")
+    return len(x)
+
+
+def run_variant(base: dict[str, Any], method: str, over: dict[str, Any], paths: Any) -> dict:
+    """Every stage of ``method`` under ``base`` + ``over``; returns its ``details.json``."""
+    from easyhard.pipeline import (
+        central_images,
+        evaluate,
+        finetune,
+        frequency,
+        pretrain,
+        sample,
+    )
+
+    params = from_mapping(Params, merge(base, {**over, "methods": [method]}))
+    for stage in (central_images, frequency, pretrain, finetune, sample, evaluate):
+        stage.run(params, paths, method)
+    return json.loads((paths.stage(method, "evaluate") / "details.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from easyhard.pipeline import fid_reference, prepare
+    from easyhard.pipeline.paths import Paths
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="+", help="METHOD or METHOD:key=value,...")
+    ap.add_argument("--params", default=str(ROOT / "params.yaml"))
+    ap.add_argument("--epsilon", type=float, help="privacy.epsilon (default: params')")
+    ap.add_argument("--seeds", type=int, default=2, help="repeats: seed 0, 1, ...")
+    ap.add_argument("--per-class", type=int, default=500, help="proxy images per class")
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny steps and counts")
+    ap.add_argument("--json", help="write the rows here")
+    ap.add_argument("--keep", help="work in this folder (kept) instead of a temporary one")
+    a = ap.parse_args(argv)
+    try:
+        variants = [(v, *parse_variant(v)) for v in a.variants]
+    except ValueError as e:
+        print(f"error: {e}")
+        return 2
+    per_class = 12 if a.quick else a.per_class
+    n_train = per_class * 10 - round(per_class * 10 * 0.2)
+    base = to_dict(load_params(a.params))
+    base = merge(
+        base,
+        {
+            "data": {"name": "folder", "root": "raw", "image_size": None, "max_per_class": None},
+            "privacy": {"randomness": "seeded", "dataset_size": n_train},
+            "audit": {"enabled": False},
+            "device": "cpu",
+        },
+    )
+    if a.epsilon is not None:
+        base = merge(base, {"privacy": {"epsilon": a.epsilon}})
+    if a.quick:
+        base = merge(base, QUICK)
+    try:
+        for _, m, over in variants:
+            from_mapping(Params, merge(base, {**over, "methods": [m]}))  # refuse before any work
+    except Exception as e:  # a ConfigError names the key
+        print(f"error: {e}")
+        return 2
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(a.keep or tmp)
+        os.environ.setdefault("EASYHARD_SPEND_DIR", str(work / "spend"))  # not the user's store
+        n = write_source(work / "raw", per_class, seed=0)
+        paths = Paths(work)
+        p0 = from_mapping(Params, base)
+        prepare.run(p0, paths)
+        fid_reference.run(p0, paths)
+        print(f"proxy: {n} augmented digits, N = {n_train} declared, eps {p0.privacy.epsilon:g}")
+        for seed in range(a.seeds):
+            for name, method, over in variants:
+                t = time.perf_counter()
+                d = run_variant(merge(base, {"seed": seed}), method, over, paths)
+                row = {"variant": name, "seed": seed, "seconds": time.perf_counter() - t}
+                row["fid"] = d["fid"]
+                row.update({k: v for k, v in d.items() if k.endswith("_acc_mean")})
+                rows.append(row)
+                accs = "  ".join(
+                    f"{k[:-9]} {v:.3f}" for k, v in row.items() if k.endswith("_acc_mean")
+                )
+                print(f"seed {seed} {name}: FID {row['fid']:.1f}  {accs}  ({row['seconds']:.0f} s)")
+    summary = summarise(rows)
+    for s in summary:
+        cells = "  ".join(f"{k} {v[0]:.3f} ± {v[1]:.3f}" for k, v in s.items() if k != "variant")
+        print(f"{s['variant']}: {cells}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"rows": rows, "summary": summary}, indent=2) + "\n")
+    best = max(summary, key=lambda s: s["cnn"][0] if "cnn" in s else -s["fid"][0])
+    cnn = f"{best['cnn'][0]:.3f}" if "cnn" in best else "nan"
+    print(f"easyhard proxy best={best['variant']} cnn={cnn} fid={best['fid'][0]:.1f}")
+    return 0
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per variant (in order of first appearance): each metric's (mean, std over seeds)."""
+    out = []
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = [r for r in rows if r["variant"] == name]
+        s: dict[str, Any] = {"variant": name}
+        for key in ["fid", *(k for k in mine[0] if k.endswith("_acc_mean"))]:
+            vals = [r[key] for r in mine]
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            s[key.removesuffix("_acc_mean")] = (statistics.mean(vals), sd)
+        out.append(s)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
