@@ -1,0 +1,72 @@
+"""benchmarks/proxy_pipeline.py: its variant syntax, its summary, and a tiny end-to-end run that
+reads no run output and no image of the default data."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        "bench_proxy", ROOT / "benchmarks" / "proxy_pipeline.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+B = _load()
+
+
+def test_parse_variant():
+    assert B.parse_variant("dpfeta") == ("dpfeta", {})
+    method, over = B.parse_variant("fetapro:frequency.cap_fraction=0.25,finetune.epochs=10")
+    assert method == "fetapro"
+    assert over == {"frequency": {"cap_fraction": 0.25}, "finetune": {"epochs": 10}}
+    with pytest.raises(ValueError, match="key=value"):
+        B.parse_variant("fetapro:frequency.cap_fraction")
+
+
+def test_summarise_mean_and_spread():
+    rows = [
+        {"variant": "a", "seed": 0, "fid": 10.0, "cnn_acc_mean": 0.5},
+        {"variant": "b", "seed": 0, "fid": 20.0, "cnn_acc_mean": 0.7},
+        {"variant": "a", "seed": 1, "fid": 12.0, "cnn_acc_mean": 0.7},
+    ]
+    a, b = B.summarise(rows)
+    assert a["variant"] == "a" and a["fid"] == (11.0, pytest.approx(2**0.5))
+    assert a["cnn"][0] == pytest.approx(0.6) and b["cnn"] == (0.7, 0.0)
+
+
+def test_bad_variant_is_refused_before_any_work(tmp_path, capsys):
+    assert B.main(["fetapro:frequency.cap_fractio=0.2", "--keep", str(tmp_path)]) == 2
+    assert "cap_fractio" in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
+def test_a_tiny_run_uses_only_the_generated_proxy(tmp_path, monkeypatch, capsys):
+    import easyhard.datasets as D
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the proxy run loaded a bundled dataset")
+
+    monkeypatch.setattr(D, "load_mnist_offline", refuse, raising=False)
+    monkeypatch.setattr(D, "load_digits", refuse)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "rows.json"
+    work = tmp_path / "work"
+    assert B.main(["dpdm", "--quick", "--seeds", "1", "--json", str(out), "--keep", str(work)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["dpdm"] and np.isfinite(rows[0]["fid"])
+    assert 0 <= rows[0]["cnn_acc_mean"] <= 1
+    assert len(list((work / "raw").rglob("*.png"))) == 120  # 12 per class, written here
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("easyhard proxy best=dpdm cnn=")
