@@ -97,10 +97,39 @@ def run_variant(base: dict[str, Any], method: str, over: dict[str, Any], paths: 
     return json.loads((paths.stage(method, "evaluate") / "details.json").read_text())
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_all(
+    base: dict[str, Any],
+    variants: list[tuple[str, str, dict[str, Any]]],
+    work: Path,
+    per_class: int,
+    n_train: int,
+    seeds: int,
+) -> list[dict[str, Any]]:
+    """Write the proxy source into ``work``, prepare it once, then every (seed, variant)."""
     from easyhard.pipeline import fid_reference, prepare
     from easyhard.pipeline.paths import Paths
 
+    n = write_source(work / "raw", per_class, seed=0)
+    paths = Paths(work)
+    p0 = from_mapping(Params, base)
+    prepare.run(p0, paths)
+    fid_reference.run(p0, paths)
+    print(f"proxy: {n} augmented digits, N = {n_train} declared, eps {p0.privacy.epsilon:g}")
+    rows = []
+    for seed in range(seeds):
+        for name, method, over in variants:
+            t = time.perf_counter()
+            d = run_variant(merge(base, {"seed": seed}), method, over, paths)
+            row = {"variant": name, "seed": seed, "seconds": time.perf_counter() - t}
+            row["fid"] = d["fid"]
+            row.update({k: v for k, v in d.items() if k.endswith("_acc_mean")})
+            rows.append(row)
+            accs = "  ".join(f"{k[:-9]} {v:.3f}" for k, v in row.items() if k.endswith("_acc_mean"))
+            print(f"seed {seed} {name}: FID {row['fid']:.1f}  {accs}  ({row['seconds']:.0f} s)")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("variants", nargs="+", help="METHOD or METHOD:key=value,...")
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
@@ -139,27 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}")
         return 2
     rows: list[dict[str, Any]] = []
+    old_store = os.environ.get("EASYHARD_SPEND_DIR")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(a.keep or tmp)
-        os.environ.setdefault("EASYHARD_SPEND_DIR", str(work / "spend"))  # not the user's store
-        n = write_source(work / "raw", per_class, seed=0)
-        paths = Paths(work)
-        p0 = from_mapping(Params, base)
-        prepare.run(p0, paths)
-        fid_reference.run(p0, paths)
-        print(f"proxy: {n} augmented digits, N = {n_train} declared, eps {p0.privacy.epsilon:g}")
-        for seed in range(a.seeds):
-            for name, method, over in variants:
-                t = time.perf_counter()
-                d = run_variant(merge(base, {"seed": seed}), method, over, paths)
-                row = {"variant": name, "seed": seed, "seconds": time.perf_counter() - t}
-                row["fid"] = d["fid"]
-                row.update({k: v for k, v in d.items() if k.endswith("_acc_mean")})
-                rows.append(row)
-                accs = "  ".join(
-                    f"{k[:-9]} {v:.3f}" for k, v in row.items() if k.endswith("_acc_mean")
-                )
-                print(f"seed {seed} {name}: FID {row['fid']:.1f}  {accs}  ({row['seconds']:.0f} s)")
+        os.environ["EASYHARD_SPEND_DIR"] = str(work / "spend")  # never the user's own store
+        try:
+            rows = run_all(base, variants, work, per_class, n_train, a.seeds)
+        finally:
+            if old_store is None:
+                os.environ.pop("EASYHARD_SPEND_DIR", None)
+            else:
+                os.environ["EASYHARD_SPEND_DIR"] = old_store
     summary = summarise(rows)
     for s in summary:
         cells = "  ".join(f"{k} {v[0]:.3f} ± {v[1]:.3f}" for k, v in s.items() if k != "variant")

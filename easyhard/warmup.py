@@ -302,7 +302,8 @@ class PlanInputs:
 def plan_warmups(params: Params, layout: Layout, central: bool, frequency: bool) -> WarmupPlan:
     """Plan the warm-ups one method runs (``central``, ``frequency``). Two planned warm-ups share
     the cap (:func:`warmup_cap`): ``frequency.cap_fraction`` of it to the frequency release, the
-    rest to the central images; one that is off leaves its part to the other."""
+    rest to the central images; where that leaves one without signal, an equal split; where that
+    does too, the one with signal at the whole cap gets it (the central images first)."""
     sgd = _Sgd(params.finetune.sample_rate, params.finetune.epochs)
     inputs = PlanInputs(
         params.data.name, params.seed, params.privacy, params.central, params.frequency, sgd
@@ -335,11 +336,16 @@ def _plan_warmups(params: PlanInputs, layout: Layout, central: bool, frequency: 
     fixed_c = _fixed_share(params, "central") if central and not auto_c else 0.0
     fixed_f = _fixed_share(params, "frequency") if frequency and not auto_f else 0.0
     free = max(cap - fixed_c - fixed_f, 0.0)
-    frac = params.frequency.cap_fraction if (auto_c and auto_f) else 0.0
-    c = plan_central(params, layout, round(free * (1.0 - frac), 4)) if central else off
-    left = free - (c.share if auto_c else 0.0)
-    f = plan_frequency(params, layout, round(left, 4)) if frequency else off
-    if auto_c and auto_f and not (c.enabled and f.enabled):
+    both = auto_c and auto_f
+    fractions = (params.frequency.cap_fraction, 0.5) if both else (0.0,)
+    # the configured split; if it leaves one of them off, an equal one
+    for frac in dict.fromkeys(fractions):
+        c = plan_central(params, layout, round(free * (1.0 - frac), 4)) if central else off
+        left = free - (c.share if auto_c else 0.0)
+        f = plan_frequency(params, layout, round(left, 4)) if frequency else off
+        if c.enabled and f.enabled:
+            break
+    if both and not (c.enabled and f.enabled):
         # the split turned one off: one warm-up gets the whole free budget, the central images
         # first (so FETA-Pro never plans less easy stage than DP-FETA at the same values)
         whole = plan_central(params, layout, round(free, 4))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def test_a_tiny_run_uses_only_the_generated_proxy(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(D, "load_mnist_offline", refuse, raising=False)
     monkeypatch.setattr(D, "load_digits", refuse)
     monkeypatch.chdir(tmp_path)
+    mine = str(tmp_path / "my-spend-store")
+    monkeypatch.setenv("EASYHARD_SPEND_DIR", mine)
     out = tmp_path / "rows.json"
     work = tmp_path / "work"
     assert B.main(["dpdm", "--quick", "--seeds", "1", "--json", str(out), "--keep", str(work)]) == 0
@@ -68,5 +71,8 @@ def test_a_tiny_run_uses_only_the_generated_proxy(tmp_path, monkeypatch, capsys)
     assert [r["variant"] for r in rows] == ["dpdm"] and np.isfinite(rows[0]["fid"])
     assert 0 <= rows[0]["cnn_acc_mean"] <= 1
     assert len(list((work / "raw").rglob("*.png"))) == 120  # 12 per class, written here
+    # its (seeded, public-data) releases went to its own store, and the user's is restored
+    assert (work / "spend").is_dir() and not Path(mine).exists()
+    assert os.environ["EASYHARD_SPEND_DIR"] == mine
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("easyhard proxy best=dpdm cnn=")

@@ -24,7 +24,7 @@ from easyhard.proxy import (
     release_errors,
 )
 from easyhard.schema import from_mapping, merge, to_dict
-from easyhard.warmup import plan_warmups, warmup_cap
+from easyhard.warmup import plan_frequency, plan_warmups, warmup_cap
 
 DEFAULTS = defaults()
 MNIST = Layout(10, (1, 28, 28))
@@ -136,6 +136,18 @@ def test_cap_fraction_splits_fetapros_cap():
             _params(10.0), MNIST, True, False
         )
     assert shares[0.25] > shares[0.5] > shares[0.75]
+
+
+def test_a_split_without_signal_falls_back_to_an_equal_one():
+    """At eps = 5 a quarter of the cap gives the frequency release no signal: the planner then
+    splits equally (both on, as with cap_fraction 0.5) rather than turning it off."""
+    p = _params(5.0, frequency={"cap_fraction": 0.25})
+    quarter = plan_frequency(p, MNIST, round(0.25 * warmup_cap(p), 4))
+    assert not quarter.enabled  # the premise, at the defaults
+    wp, half = plan_warmups(p, MNIST, True, True), plan_warmups(_params(5.0), MNIST, True, True)
+    assert wp.central == half.central  # the chosen settings carry cap_fraction: compare the rest
+    assert (wp.frequency.share, wp.frequency.snr) == (half.frequency.share, half.frequency.snr)
+    assert wp.frequency.enabled and wp.frequency.share == pytest.approx(warmup_cap(p) / 2)
 
 
 def test_predicted_error_grows_with_noise_and_reproduces_the_mechanism():
