@@ -61,6 +61,14 @@ def test_a_tiny_run_uses_only_the_generated_proxy(tmp_path, monkeypatch, capsys)
 
     monkeypatch.setattr(D, "load_mnist_offline", refuse, raising=False)
     monkeypatch.setattr(D, "load_digits", refuse)
+    import easyhard.pipeline.evaluate as E
+    import easyhard.pipeline.fid_reference as F
+
+    def pixels(x, **kwargs):  # a cheap stand-in for Inception (the stages are tested elsewhere)
+        return np.asarray(x, dtype=np.float64).reshape(len(x), -1)[:, :64]
+
+    monkeypatch.setattr(E, "inception_features", pixels)
+    monkeypatch.setattr(F, "inception_features", pixels)
     monkeypatch.chdir(tmp_path)
     mine = str(tmp_path / "my-spend-store")
     monkeypatch.setenv("EASYHARD_SPEND_DIR", mine)
