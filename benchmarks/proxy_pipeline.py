@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}")
         return 2
     per_class = 12 if a.quick else a.per_class
-    n_train = per_class * 10 - round(per_class * 10 * 0.2)
     base = to_dict(load_params(a.params))
+    # the declared N: the expected training count of params' per-record hash split
+    n_train = round(10 * per_class * (1.0 - base["data"]["test_fraction"]))
     base = merge(
         base,
         {
