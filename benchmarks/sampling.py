@@ -326,6 +326,8 @@ def proxy_inputs(
 
     from easyhard.config import load_params
     from easyhard.fid import inception_features
+    from easyhard.layout import Layout
+    from easyhard.proxy import proxy_split
 
     # a file beside this one, loaded by path: an installed package named `benchmarks` may shadow it
     spec = importlib.util.spec_from_file_location(
@@ -344,7 +346,7 @@ def proxy_inputs(
     t = time.perf_counter()
     den = cpu_budget.proxy_release_model(p, seed=seed)
     print(f"proxy model trained in {time.perf_counter() - t:.0f} s", flush=True)
-    x_test = cpu_budget._proxy()[2].numpy()
+    x_test = np.asarray(proxy_split(Layout(10, (1, 28, 28)), "digits")[2])
     if real_count is not None and real_count < len(x_test):
         x_test = x_test[np.sort(np.random.default_rng(seed).permutation(len(x_test))[:real_count])]
     real = inception_features(x_test, progress=False)
