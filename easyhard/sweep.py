@@ -4,6 +4,7 @@
     python -m easyhard.sweep --run --epsilon 1 10 --repeats 3   # or let it run them all
     python -m easyhard.sweep                          # runs `dvc exp show --json` itself
     python -m easyhard.sweep --exp-json exps.json     # or a saved `dvc exp show --json` output
+    python -m easyhard.sweep --run --exp-json old.json ...   # resume in another clone
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
 
 Repeats. ``seed`` is the repeat axis: every stage that draws randomness lists it (``prepare``
@@ -73,26 +74,30 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     """One row per (experiment, method) from ``dvc exp show --json``: the method's metrics plus
     ``experiment`` (name, else short rev) and ``target_epsilon`` (params ``privacy.epsilon``).
 
-    After ``dvc exp run`` the workspace holds that experiment's metrics (and while the next one
-    runs, the new params beside the old metrics), and the baseline commit those of the run
-    committed with it: a workspace whose metrics equal another state's is that run again and is
-    left out (two runs with new secret noise never agree to the last digit), so no run counts
-    twice as a repeat, nor under another run's params."""
+    ``entries`` may join the outputs of several clones (a sweep resumed on another machine). A run
+    is told apart by its metrics, not its rev: two runs with new secret noise never agree to the
+    last digit. After ``dvc exp run`` the workspace holds that experiment's metrics (and while
+    the next one runs, the new params beside the old metrics), the baseline commit those of the
+    run committed with it, and a new clone's baseline the metrics copied from an earlier clone:
+    each state whose metrics equal an earlier one's (named states first, workspaces last) is
+    that run again and is left out, so no run counts twice as a repeat, nor under another run's
+    params."""
     states: list[tuple[Mapping[str, Any], str]] = []
     seen: set[str] = set()
     for state in _states(entries):
         data = state.get("data")
-        if not data or state.get("error") or state["rev"] in seen:
+        if not data or state.get("error"):
             continue
-        seen.add(state["rev"])
         rows_here = _metric_rows(data.get("metrics") or {}, "", 0.0)
-        content = json.dumps(rows_here, sort_keys=True, default=str)
-        states.append((state, content))
-    named = {content for state, content in states if state["rev"] != "workspace"}
+        if not rows_here:
+            continue
+        states.append((state, json.dumps(rows_here, sort_keys=True, default=str)))
+    states.sort(key=lambda sc: sc[0]["rev"] == "workspace")  # stable: named states first
     rows: list[dict[str, Any]] = []
     for state, content in states:
-        if state["rev"] == "workspace" and content in named:
+        if content in seen:
             continue
+        seen.add(content)
         data = state["data"]
         params = (data.get("params") or {}).get("params.yaml", {}).get("data") or {}
         target = (params.get("privacy") or {}).get("epsilon")
@@ -325,19 +330,24 @@ def exp_show() -> list[dict[str, Any]]:
 
 
 def run_experiments(
-    epsilons: Sequence[float], repeats: int, settings: Sequence[str] = (), out: str | Path = OUT
+    epsilons: Sequence[float],
+    repeats: int,
+    settings: Sequence[str] = (),
+    out: str | Path = OUT,
+    saved: Sequence[Mapping[str, Any]] = (),
 ) -> None:
-    """Run every experiment of the sweep that ``dvc exp show`` does not already hold, one after
-    the other (each a whole-pipeline run), rewriting the sweep's files in ``out`` after each: a
-    sweep cut short keeps what it ran, and rerunning the command resumes it."""
+    """Run every experiment of the sweep that ``dvc exp show`` (or ``saved``, the saved output of
+    another clone's) does not already hold, one after the other (each a whole-pipeline run),
+    rewriting the sweep's files in ``out`` after each: a sweep cut short keeps what it ran, and
+    rerunning the command resumes it."""
     todo = experiment_commands(
-        epsilons, repeats, done_runs(rows_from_exp_show(exp_show())), settings
+        epsilons, repeats, done_runs(rows_from_exp_show([*saved, *exp_show()])), settings
     )
     for i, cmd in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] $ " + " ".join(cmd), flush=True)
         if subprocess.run(cmd, check=False).returncode != 0:
             raise ValueError(f"`{' '.join(cmd)}` failed")
-        write_outputs(rows_from_exp_show(exp_show()), out)
+        write_outputs(rows_from_exp_show([*saved, *exp_show()]), out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -348,7 +358,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("metrics", nargs="*", help="runs/<method>/metrics.json files (instead of DVC)")
-    p.add_argument("--exp-json", help="saved output of `dvc exp show --json`")
+    p.add_argument(
+        "--exp-json",
+        action="append",
+        default=[],
+        help="saved output of `dvc exp show --json` (repeatable: clones joined, each run once; "
+        "with --run, joined with this clone's and its runs not run again)",
+    )
     p.add_argument("--out", default=str(OUT), help=f"output folder (default {OUT})")
     p.add_argument(
         "--run",
@@ -368,13 +384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="with --run: whole-pipeline repeats")
     args = p.parse_args(argv)
     try:
+        saved = [e for f in args.exp_json for e in json.loads(Path(f).read_text())]
         if args.run:
-            run_experiments(args.epsilon, args.repeats, args.set, args.out)
+            run_experiments(args.epsilon, args.repeats, args.set, args.out, saved)
         if args.metrics:
             rows = rows_from_metrics_files(args.metrics)
         else:
-            entries = json.loads(Path(args.exp_json).read_text()) if args.exp_json else exp_show()
-            rows = rows_from_exp_show(entries)
+            live = exp_show() if args.run or not args.exp_json else []
+            rows = rows_from_exp_show([*saved, *live])
         written = write_outputs(rows, args.out)
     except (ValueError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)

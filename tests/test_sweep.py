@@ -262,3 +262,56 @@ def test_a_rerun_resumes_the_sweep_and_passes_settings(tmp_path, monkeypatch):
     for bad in ("seed=3", "privacy.epsilon=2", "audit.enabled"):
         with pytest.raises(ValueError, match="KEY=VALUE"):
             sweep.experiment_commands([1.0], 1, settings=[bad])
+
+
+def _seeded(rev: str, name: str | None, eps: float, seed: int, fid: float, acc: float) -> dict:
+    s = state(rev, name, eps, fid, acc)
+    s["data"]["params"]["params.yaml"]["data"]["seed"] = seed
+    return s
+
+
+def test_saved_outputs_of_two_clones_count_each_run_once(tmp_path, capsys):
+    """A sweep resumed in a new clone (another machine): its baseline commit holds the default
+    run's metrics copied from the first clone, under another rev. Runs are told apart by their
+    metrics (new secret noise never agrees to the last digit), so that run counts once."""
+    default = _seeded("a" * 40, "main", 10.0, 0, 240.0, 0.6)
+    first = [
+        {**_seeded("workspace", None, 1.0, 0, 320.0, 0.3)},
+        {**default, "experiments": [{"revs": [_seeded("b" * 40, "e1", 1.0, 0, 320.0, 0.3)]}]},
+    ]
+    second = [
+        _seeded("workspace", None, 10.0, 0, 240.0, 0.6),
+        {
+            **_seeded("f" * 40, "main", 10.0, 0, 240.0, 0.6),
+            "experiments": [{"revs": [_seeded("g" * 40, "e2", 10.0, 1, 250.0, 0.55)]}],
+        },
+    ]
+    rows = sweep.rows_from_exp_show([*first, *second])
+    pairs = sorted((r["target_epsilon"], r["seed"], r["method"]) for r in rows)
+    assert pairs == sorted(
+        (e, s, m) for e, s in [(1.0, 0), (10.0, 0), (10.0, 1)] for m in ("dpdm", "dpfeta")
+    )
+    files = []
+    for i, entries in enumerate((first, second)):
+        files.append(tmp_path / f"exps{i}.json")
+        files[-1].write_text(json.dumps(entries))
+    out = tmp_path / "out"
+    args = ["--exp-json", str(files[0]), "--exp-json", str(files[1]), "--out", str(out)]
+    assert sweep.main(args) == 0
+    assert len(json.loads((out / "runs.json").read_text())) == 6
+
+
+def test_run_resumes_from_saved_outputs_of_another_clone(tmp_path, monkeypatch):
+    """`--run --exp-json saved.json`: the (ε, seed) pairs of the saved output are not run again,
+    and the collection holds the saved runs beside the new ones."""
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps([_seeded("b" * 40, "e1", 1.0, 0, 320.0, 0.3)]))
+    log = _fake_dvc(tmp_path, monkeypatch, [_seeded("c" * 40, "e2", 1.0, 1, 310.0, 0.35)])
+    out = tmp_path / "out"
+    args = ["--run", "--epsilon", "1", "--repeats", "3", "--exp-json", str(saved)]
+    assert sweep.main([*args, "--out", str(out)]) == 0
+    runs = [c for c in log.read_text().splitlines() if c.startswith("exp run")]
+    assert runs == ["exp run -S privacy.epsilon=1 -S seed=2"]
+    summary = json.loads((out / "sweep.json").read_text())
+    dpfeta = next(r for r in summary if r["method"] == "dpfeta")
+    assert dpfeta["repeats"] == 2 and sorted(dpfeta["seeds"]) == [0, 1]
