@@ -16,6 +16,7 @@ mean +- std over the seeds, writes ``--json``, and ends with one line
 
     python benchmarks/proxy_pipeline.py dpfeta fetapro fetapro:frequency.cap_fraction=0.25
     python benchmarks/proxy_pipeline.py --quick dpfeta fetapro      # smoke run, ~2 min
+    python benchmarks/proxy_pipeline.py --sample-steps 10 20 dpfeta fetapro   # one model, 2 samplers
 """
 
 from __future__ import annotations
@@ -80,8 +81,16 @@ def write_source(root: Path, per_class: int, seed: int) -> int:
     return len(x)
 
 
-def run_variant(base: dict[str, Any], method: str, over: dict[str, Any], paths: Any) -> dict:
-    """Every stage of ``method`` under ``base`` + ``over``; returns its ``details.json``."""
+def run_variant(
+    base: dict[str, Any],
+    method: str,
+    over: dict[str, Any],
+    paths: Any,
+    sample_steps: list[int | None] | None = None,
+) -> list[dict]:
+    """Every stage of ``method`` under ``base`` + ``over``; returns its ``details.json``. With
+    ``sample_steps``: the model trained once, then sampled and evaluated once per ``sample.steps``
+    value (paired: the same model and public seed; ``None`` keeps the params'), one details each."""
     from easyhard.pipeline import (
         central_images,
         evaluate,
@@ -92,9 +101,17 @@ def run_variant(base: dict[str, Any], method: str, over: dict[str, Any], paths: 
     )
 
     params = from_mapping(Params, merge(base, {**over, "methods": [method]}))
-    for stage in (central_images, frequency, pretrain, finetune, sample, evaluate):
+    for stage in (central_images, frequency, pretrain, finetune):
         stage.run(params, paths, method)
-    return json.loads((paths.stage(method, "evaluate") / "details.json").read_text())
+    out = []
+    for steps in sample_steps or [None]:
+        p = params
+        if steps is not None:
+            p = from_mapping(Params, merge(to_dict(params), {"sample": {"steps": steps}}))
+        for stage in (sample, evaluate):
+            stage.run(p, paths, method)
+        out.append(json.loads((paths.stage(method, "evaluate") / "details.json").read_text()))
+    return out
 
 
 def run_all(
@@ -104,8 +121,10 @@ def run_all(
     per_class: int,
     n_train: int,
     seeds: int,
+    sample_steps: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Write the proxy source into ``work``, prepare it once, then every (seed, variant)."""
+    """Write the proxy source into ``work``, prepare it once, then every (seed, variant); with
+    ``sample_steps`` every variant is also split by ``sample.steps`` (``VARIANT@steps=N``)."""
     from easyhard.pipeline import fid_reference, prepare
     from easyhard.pipeline.paths import Paths
 
@@ -119,13 +138,17 @@ def run_all(
     for seed in range(seeds):
         for name, method, over in variants:
             t = time.perf_counter()
-            d = run_variant(merge(base, {"seed": seed}), method, over, paths)
-            row = {"variant": name, "seed": seed, "seconds": time.perf_counter() - t}
-            row["fid"] = d["fid"]
-            row.update({k: v for k, v in d.items() if k.endswith("_acc_mean")})
-            rows.append(row)
-            accs = "  ".join(f"{k[:-9]} {v:.3f}" for k, v in row.items() if k.endswith("_acc_mean"))
-            print(f"seed {seed} {name}: FID {row['fid']:.1f}  {accs}  ({row['seconds']:.0f} s)")
+            details = run_variant(merge(base, {"seed": seed}), method, over, paths, sample_steps)
+            seconds = time.perf_counter() - t
+            for steps, d in zip(sample_steps or [None], details, strict=True):
+                label = name if steps is None else f"{name}@steps={steps}"
+                row = {"variant": label, "seed": seed, "seconds": seconds, "fid": d["fid"]}
+                row.update({k: v for k, v in d.items() if k.endswith("_acc_mean")})
+                rows.append(row)
+                accs = "  ".join(
+                    f"{k[:-9]} {v:.3f}" for k, v in row.items() if k.endswith("_acc_mean")
+                )
+                print(f"seed {seed} {label}: FID {row['fid']:.1f}  {accs}  ({seconds:.0f} s)")
     return rows
 
 
@@ -139,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny steps and counts")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--keep", help="work in this folder (kept) instead of a temporary one")
+    ap.add_argument(
+        "--sample-steps",
+        type=int,
+        nargs="+",
+        help="sample each trained model once per sample.steps value (paired comparison)",
+    )
     a = ap.parse_args(argv)
     try:
         variants = [(v, *parse_variant(v)) for v in a.variants]
@@ -174,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.keep or tmp)
         os.environ["EASYHARD_SPEND_DIR"] = str(work / "spend")  # never the user's own store
         try:
-            rows = run_all(base, variants, work, per_class, n_train, a.seeds)
+            rows = run_all(base, variants, work, per_class, n_train, a.seeds, a.sample_steps)
         finally:
             if old_store is None:
                 os.environ.pop("EASYHARD_SPEND_DIR", None)

@@ -84,3 +84,40 @@ def test_a_tiny_run_uses_only_the_generated_proxy(tmp_path, monkeypatch, capsys)
     assert os.environ["EASYHARD_SPEND_DIR"] == mine
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("easyhard proxy best=dpdm cnn=")
+
+
+def test_sample_steps_sample_one_trained_model_per_setting(tmp_path, monkeypatch):
+    """--sample-steps: fine-tuning runs once per (seed, variant), sampling and evaluation once per
+    steps value, each a row of its own (a paired comparison of samplers on one model)."""
+    import easyhard.pipeline.evaluate as E
+    import easyhard.pipeline.fid_reference as F
+    import easyhard.pipeline.finetune as T
+    import easyhard.pipeline.sample as S
+
+    def pixels(x, **kwargs):
+        return np.asarray(x, dtype=np.float64).reshape(len(x), -1)[:, :64]
+
+    monkeypatch.setattr(E, "inception_features", pixels)
+    monkeypatch.setattr(F, "inception_features", pixels)
+    calls = {"finetune": 0, "steps": []}
+    finetune_run, sample_run = T.run, S.run
+
+    def counted_finetune(params, paths, method):
+        calls["finetune"] += 1
+        return finetune_run(params, paths, method)
+
+    def recorded_sample(params, paths, method):
+        calls["steps"].append(params.sample.steps)
+        return sample_run(params, paths, method)
+
+    monkeypatch.setattr(T, "run", counted_finetune)
+    monkeypatch.setattr(S, "run", recorded_sample)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EASYHARD_SPEND_DIR", str(tmp_path / "store"))
+    out = tmp_path / "rows.json"
+    args = ["dpdm", "--quick", "--seeds", "1", "--sample-steps", "2", "3", "--json", str(out)]
+    assert B.main(args) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["dpdm@steps=2", "dpdm@steps=3"]
+    assert calls == {"finetune": 1, "steps": [2, 3]}
+    assert all(np.isfinite(r["fid"]) for r in rows)
