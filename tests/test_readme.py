@@ -100,7 +100,7 @@ SWEEP = json.loads((ROOT / "docs" / "sweep" / "sweep.json").read_text())
 
 @pytest.mark.skipif(not SWEEP, reason="no ε sweep committed for this code")
 def test_readme_sweep_table_equals_the_committed_sweep():
-    from easyhard.sweep import summary_table
+    from easyhard.sweep_summary import summary_table
 
     tables = _tables()
     assert len(tables) >= 2, "the committed sweep's table is missing from the README's Results"

@@ -33,7 +33,7 @@ from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.plots import comparison_bars, side_by_side
-from easyhard.sweep import summary_figure
+from easyhard.sweep_summary import summary_figure
 
 #: What the ± of every accuracy is taken over (one synthetic set per method and run).
 SPREAD = "± = std over classifier seeds"
