@@ -345,7 +345,10 @@ def _leak_ceiling(repo: Path) -> list[str]:
 )
 def test_post_processing_test_catches_a_leak_put_back(runs, leak, tmp_path):
     """Each leak, applied to copies of both finished runs, makes the public bytes differ."""
-    shutil.copytree(runs["tmp"] / "replay", tmp_path / "replay")
+    # the same machine's state: the replay and both spend stores (their keys fix the training
+    # split's fingerprint, so only what the leak changes reruns, not the whole pipeline)
+    for state in ("replay", "spend-a", "spend-b"):
+        shutil.copytree(runs["tmp"] / state, tmp_path / state)
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(runs["a"], a, symlinks=True)
     shutil.copytree(runs["b"], b, symlinks=True)

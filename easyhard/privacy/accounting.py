@@ -15,16 +15,19 @@ percent larger. Heavy libraries (opacus, dp-accounting) are imported lazily.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from easyhard.config import ACCOUNTANTS
+from easyhard.privacy.memo import remembered
 
 #: PRV: absolute epsilon error of the first pass, then relative target and floor (_prv_epsilon).
 PRV_EPS_ERROR = 0.01
@@ -301,6 +304,45 @@ def calibrate_noise_multiplier(
             prior + [Mechanism(name, s, sample_rate, steps)], delta, acc
         )
 
+    def search() -> float:
+        return _search_sigma(eps_with, target_epsilon, rtol, accountant)
+
+    def meets_target(sigma: float) -> bool:  # a remembered answer is checked, never trusted
+        return SIGMA_MIN <= sigma <= SIGMA_MAX and eps_with(accountant)(sigma) <= target_epsilon
+
+    key = {
+        "target_epsilon": float(target_epsilon),
+        "delta": float(delta),
+        "sample_rate": float(sample_rate),
+        "steps": int(steps),
+        "prior": [list(h) for h in _history(prior)],
+        "accountant": accountant,
+        "rtol": float(rtol),
+        "code": _code_version(),
+    }
+    sigma = remembered(key, search, meets_target)
+    return Mechanism(name, sigma, sample_rate, steps)
+
+
+@functools.lru_cache(maxsize=1)
+def _code_version() -> str:
+    """Digest of this module's code and the versions of the libraries its accountants call: part
+    of every remembered calibration's key (:mod:`easyhard.privacy.memo`)."""
+    from importlib.metadata import version
+
+    libs = [f"{n}=={version(n)}" for n in ("opacus", "dp-accounting", "numpy", "scipy")]
+    text = Path(__file__).read_bytes() + "\n".join(libs).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
+def _search_sigma(
+    eps_with: Callable[[str], Callable[[float], float]],
+    target_epsilon: float,
+    rtol: float,
+    accountant: str,
+) -> float:
+    """The root search of :func:`calibrate_noise_multiplier` (``eps_with(acc)``: epsilon of the
+    composition as a function of sigma, under accountant ``acc``)."""
     # Chain of accountants, cheap to expensive: rdp >= pld ~ prv, and each stage's answer brackets
     # the next one within a few percent, so the slow prv accountant is evaluated only 2-4 times.
     chain = {"rdp": ["rdp"], "pld": ["rdp", "pld"], "prv": ["rdp", "pld", "prv"]}[accountant]
@@ -317,4 +359,4 @@ def calibrate_noise_multiplier(
         step = 1.1 if stage == "rdp" else 1.01
         if sigma == SIGMA_MAX:
             step = 2.0
-    return Mechanism(name, sigma, sample_rate, steps)
+    return sigma
