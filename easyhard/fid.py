@@ -118,13 +118,13 @@ def inception_features(
     ) as bar:
         for start in range(0, n, batch_size):
             chunk = to_uint8_hwc(x[start : start + batch_size])
-            # Same ops as cleanfid.utils.ResizeDataset: resize uint8 HWC -> float32 HWC, to CHW.
-            # (contiguous NCHW like ToTensor: strides change the conv kernel and the last bits)
-            batch = np.ascontiguousarray(
-                np.stack([resize(img).transpose(2, 0, 1) for img in chunk])
-            )
+            # Same ops as cleanfid.utils.ResizeDataset: resize uint8 HWC -> float32 HWC; stacked
+            # NHWC, seen as NCHW in channels-last memory: oneDNN's faster convolution kernels on
+            # CPU (~1.25x, `python benchmarks/inception.py`); features within 1e-4 of clean-fid's
+            # contiguous NCHW ones (other kernels sum in another order: tests/test_fid.py)
+            batch = torch.from_numpy(np.stack([resize(img) for img in chunk])).permute(0, 3, 1, 2)
             with torch.no_grad():
-                feats = model(torch.from_numpy(batch).to(device))
+                feats = model(batch.to(device, memory_format=torch.channels_last))
             out[start : start + len(chunk)] = feats.detach().cpu().numpy()
             bar.update(len(chunk))
     return out

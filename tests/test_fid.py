@@ -85,9 +85,14 @@ def test_offline_features_match_cleanfid_wrapper(png_folder, feats8, offline_net
     assert ours.shape == (8, 2048) and ours.dtype == np.float64
     diff = np.abs(ours - ref).max()
     print(f"max abs feature difference vs clean-fid wrapper: {diff:.3g}")
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-5)
+    # channels-last batches (oneDNN's other kernels sum in another order): ~1e-5 on this machine
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-4)
     from_folder = M.inception_features(D.load_images(folder), progress=False)
-    np.testing.assert_allclose(from_folder, ref, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(from_folder, ref, rtol=0, atol=1e-4)
+    half = len(ref) // 2
+    assert M.fid_from_features(ours[:half], ours[half:]) == pytest.approx(
+        M.fid_from_features(ref[:half], ref[half:]), rel=1e-5
+    )
     # torch input and 3-channel input give the same features
     rgb = torch.from_numpy(np.repeat(x[:2], 3, axis=1))
     np.testing.assert_allclose(M.inception_features(rgb, progress=False), ours[:2], atol=1e-5)

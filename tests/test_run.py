@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import nbformat
 
@@ -89,3 +91,11 @@ def test_timings_and_random_ids_are_dropped():
     tidy = tidy_notebook(nb, "out.ipynb")
     assert tidy.metadata["papermill"] == {"output_path": "out.ipynb"}
     assert tidy.cells[0]["id"] == "cell-0" and "execution" not in tidy.cells[0]["metadata"]
+
+
+def test_runner_does_not_import_torch():
+    """Every stage starts this process before its kernel: torch (~2 s, ~4 s a stage with what it
+    pulls in) is the kernel's to import, not the launcher's."""
+    code = "import sys, easyhard.run; print('torch' in sys.modules, 'papermill' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

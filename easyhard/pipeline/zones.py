@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from easyhard.data import ImageSet, load_npz
 from easyhard.pipeline.paths import Paths
+
+if TYPE_CHECKING:  # the runner imports this module: it must not pay for torch (easyhard.data)
+    from easyhard.data import ImageSet
 
 #: Notebooks (stems) whose stage reads the sensitive training split.
 PRIVATE_NOTEBOOKS = frozenset(
@@ -58,6 +61,8 @@ def check_output(notebook: str | Path, output: str | Path, root: str | Path) -> 
 
 def load_training(paths: Paths) -> ImageSet:
     """The sensitive training split: the only reader of ``paths.train``; refused in a public stage."""
+    from easyhard.data import load_npz
+
     if os.environ.get(ZONE_ENV) == "public":
         raise ZoneError(
             "a public-zone stage tried to read the sensitive training split; only the stages in "
