@@ -4,7 +4,8 @@ The default data has N = 4,000 training images; scikit-learn's digits (the publi
 ``benchmarks/cpu_budget.py`` and the warm-up planner) have 1,797, so at the default epsilon their
 releases carry 2-3x the noise per image and the planner turns FETA-Pro's frequency release off. This
 benchmark writes ``--per-class`` (default 500) augmented digits per class as a class-per-folder
-source (``easyhard.proxy.augmented_digits``: public images, public seed), declares its N, and runs
+source (``easyhard.proxy.augmented_digits``: public images, public seed; ``--proxy glyphs``: font
+glyphs distorted into sharper, handwriting-like strokes, ``easyhard.glyphs``), declares its N, and runs
 every stage of each variant in this process on it (``data.name: folder``, the default 80/20 split,
 ``privacy.randomness: seeded``: public data, reproducible noise; ``--seeds`` repeats with new noise
 and a new public seed each). No run output and no image of the default data is read.
@@ -17,6 +18,7 @@ mean +- std over the seeds, writes ``--json``, and ends with one line
     python benchmarks/proxy_pipeline.py dpfeta fetapro fetapro:frequency.cap_fraction=0.25
     python benchmarks/proxy_pipeline.py --quick dpfeta fetapro      # smoke run, ~2 min
     python benchmarks/proxy_pipeline.py --sample-steps 10 20 dpfeta fetapro   # one model, 2 samplers
+    python benchmarks/proxy_pipeline.py --proxy glyphs dpfeta fetapro   # handwriting-like glyphs
 """
 
 from __future__ import annotations
@@ -67,13 +69,22 @@ def parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return method, over
 
 
-def write_source(root: Path, per_class: int, seed: int) -> int:
-    """The augmented proxy as PNG files ``root/<class>/<i>.png``; returns their number."""
+#: The public proxy sources: scikit-learn's digits augmented (``easyhard.proxy.augmented_digits``)
+#: or font glyphs distorted into handwriting-like strokes (``easyhard.glyphs.glyph_digits``).
+SOURCES = ("digits", "glyphs")
+
+
+def write_source(root: Path, per_class: int, seed: int, source: str = "digits") -> int:
+    """The proxy ``source`` as PNG files ``root/<class>/<i>.png``; returns their number."""
     from PIL import Image
 
-    from easyhard.proxy import augmented_digits
-
-    x, y = augmented_digits(per_class, seed=seed)
+    if source == "digits":
+        from easyhard.proxy import augmented_digits as make
+    elif source == "glyphs":
+        from easyhard.glyphs import glyph_digits as make
+    else:
+        raise ValueError(f"unknown proxy source {source!r}; choose one of {', '.join(SOURCES)}")
+    x, y = make(per_class, seed=seed)
     for i, (img, label) in enumerate(zip(x, y, strict=True)):
         d = root / str(label)
         d.mkdir(parents=True, exist_ok=True)
@@ -122,18 +133,19 @@ def run_all(
     n_train: int,
     seeds: int,
     sample_steps: list[int] | None = None,
+    source: str = "digits",
 ) -> list[dict[str, Any]]:
-    """Write the proxy source into ``work``, prepare it once, then every (seed, variant); with
+    """Write the proxy ``source`` into ``work``, prepare it once, then every (seed, variant); with
     ``sample_steps`` every variant is also split by ``sample.steps`` (``VARIANT@steps=N``)."""
     from easyhard.pipeline import fid_reference, prepare
     from easyhard.pipeline.paths import Paths
 
-    n = write_source(work / "raw", per_class, seed=0)
+    n = write_source(work / "raw", per_class, seed=0, source=source)
     paths = Paths(work)
     p0 = from_mapping(Params, base)
     prepare.run(p0, paths)
     fid_reference.run(p0, paths)
-    print(f"proxy: {n} augmented digits, N = {n_train} declared, eps {p0.privacy.epsilon:g}")
+    print(f"proxy: {n} {source} images, N = {n_train} declared, eps {p0.privacy.epsilon:g}")
     rows = []
     for seed in range(seeds):
         for name, method, over in variants:
@@ -159,6 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epsilon", type=float, help="privacy.epsilon (default: params')")
     ap.add_argument("--seeds", type=int, default=2, help="repeats: seed 0, 1, ...")
     ap.add_argument("--per-class", type=int, default=500, help="proxy images per class")
+    ap.add_argument(
+        "--proxy",
+        choices=SOURCES,
+        default="digits",
+        help="public source: augmented scikit-learn digits, or distorted font glyphs",
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny steps and counts")
     ap.add_argument("--json", help="write the rows here")
     ap.add_argument("--keep", help="work in this folder (kept) instead of a temporary one")
@@ -203,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.keep or tmp)
         os.environ["EASYHARD_SPEND_DIR"] = str(work / "spend")  # never the user's own store
         try:
-            rows = run_all(base, variants, work, per_class, n_train, a.seeds, a.sample_steps)
+            rows = run_all(
+                base, variants, work, per_class, n_train, a.seeds, a.sample_steps, a.proxy
+            )
         finally:
             if old_store is None:
                 os.environ.pop("EASYHARD_SPEND_DIR", None)

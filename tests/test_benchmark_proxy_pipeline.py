@@ -121,3 +121,17 @@ def test_sample_steps_sample_one_trained_model_per_setting(tmp_path, monkeypatch
     assert [r["variant"] for r in rows] == ["dpdm@steps=2", "dpdm@steps=3"]
     assert calls == {"finetune": 1, "steps": [2, 3]}
     assert all(np.isfinite(r["fid"]) for r in rows)
+
+
+def test_proxy_sources_write_class_folders(tmp_path):
+    """--proxy: both public sources write 10 class folders of PNGs; an unknown one is refused."""
+    from PIL import Image
+
+    for source in B.SOURCES:
+        root = tmp_path / source
+        assert B.write_source(root, 2, seed=0, source=source) == 20
+        pngs = sorted(root.rglob("*.png"))
+        assert sorted({p.parent.name for p in pngs}) == [str(k) for k in range(10)]
+        assert Image.open(pngs[0]).size == (28, 28)
+    with pytest.raises(ValueError, match="glyphs"):
+        B.write_source(tmp_path / "x", 2, seed=0, source="mnist")
