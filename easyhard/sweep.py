@@ -6,6 +6,13 @@
     python -m easyhard.sweep --exp-json exps.json     # or a saved `dvc exp show --json` output
     python -m easyhard.sweep --run --exp-json old.json ...   # resume in another clone
     python -m easyhard.sweep runs/*/metrics.json old/runs/*/metrics.json   # or metrics files
+    python -m easyhard.sweep --exp-json exps.json --rerun-json reruns.json  # newer runs replace
+
+Reruns. After a default changes for one method, only that method's runs need running again
+(``dvc exp run -S methods=[fetapro] ...``). ``--rerun-json`` takes the saved ``dvc exp show
+--json`` of such runs: each of its experiments' rows replaces every earlier row of the same
+method, target ε and seed (its baseline and workspace states hold copies of older runs and are
+ignored). ``runs.json`` keeps the replaced rows, marked ``replaced_by``; the summary leaves them out.
 
 Repeats. ``seed`` is the repeat axis: every stage that draws randomness lists it (``prepare``
 always reruns, ``report`` follows their outputs), so ``dvc exp run -S seed=k`` reruns the whole pipeline (never restored from DVC's
@@ -50,6 +57,16 @@ def _states(entries: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]
         yield e
         for group in e.get("experiments") or []:
             yield from _states(group.get("revs") or [])
+
+
+def _experiment_states(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The experiments of ``dvc exp show --json`` output, without their baselines."""
+    return [
+        s
+        for e in entries
+        for group in e.get("experiments") or []
+        for s in _states(group.get("revs") or [])
+    ]
 
 
 def _metric_rows(
@@ -109,6 +126,30 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def replace_reruns(
+    rows: Sequence[Mapping[str, Any]], reruns: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``rows`` then ``reruns``, each row of ``rows`` with the method, target ε and seed of a rerun
+    marked ``replaced_by`` (the rerun's experiment): the summary counts the rerun instead."""
+    newer: dict[tuple[Any, Any, Any], str] = {}
+    for r in reruns:
+        if r.get("seed") is None or r.get("target_epsilon") is None:
+            raise ValueError(f"rerun {r.get('experiment')!r} has no seed or target ε to replace")
+        newer[(r["method"], float(r["target_epsilon"]), int(r["seed"]))] = str(r["experiment"])
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        key = (r.get("method"), r.get("target_epsilon"), r.get("seed"))
+        seed = None if key[2] is None else int(key[2])
+        by = newer.get((key[0], None if key[1] is None else float(key[1]), seed))
+        out.append(dict(r) | ({"replaced_by": by} if by else {}))
+    return out + [dict(r) for r in reruns]
+
+
+def counted(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows the summary counts: those no rerun replaced."""
+    return [r for r in rows if not r.get("replaced_by")]
+
+
 def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """One row per ``.../runs/<method>/metrics.json`` file; its target ε is read from the
     ``evaluate/details.json`` the evaluate stage wrote beside it."""
@@ -143,7 +184,7 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[st
         raise ValueError("no runs with metrics found (run the pipeline or an experiment first)")
     out = Path(out)
     classifiers = [c for c in CLASSIFIERS if any(c in r for r in rows)]
-    summary = summarise(rows, classifiers)
+    summary = summarise(counted(rows), classifiers)
     write_json(out / "sweep.json", summary)
     write_json(out / "runs.json", list(rows))
     fig = summary_figure(summary, classifiers)
@@ -232,6 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="saved output of `dvc exp show --json` (repeatable: clones joined, each run once; "
         "with --run, joined with this clone's and its runs not run again)",
     )
+    p.add_argument(
+        "--rerun-json",
+        action="append",
+        default=[],
+        help="saved `dvc exp show --json` of reruns (repeatable, in order): each experiment's "
+        "rows replace earlier rows of the same method, target ε and seed",
+    )
     p.add_argument("--out", default=str(OUT), help=f"output folder (default {OUT})")
     p.add_argument(
         "--run",
@@ -259,13 +307,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             live = exp_show() if args.run or not args.exp_json else []
             rows = rows_from_exp_show([*saved, *live])
+        for f in args.rerun_json:
+            reruns = rows_from_exp_show(_experiment_states(json.loads(Path(f).read_text())))
+            rows = replace_reruns(rows, reruns)
         written = write_outputs(rows, args.out)
     except (ValueError, OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print("\n".join(markdown_table(rows)))
+    print("\n".join(markdown_table(counted(rows))))
     print()
-    summary = summarise(rows)
+    summary = summarise(counted(rows))
     print("\n".join(summary_table(summary)))
     print()  # the papers' claims, each with its repeat spread (easyhard.ordering)
     print("\n".join(ordering_lines(summary)))

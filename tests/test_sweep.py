@@ -315,3 +315,45 @@ def test_run_resumes_from_saved_outputs_of_another_clone(tmp_path, monkeypatch):
     summary = json.loads((out / "sweep.json").read_text())
     dpfeta = next(r for r in summary if r["method"] == "dpfeta")
     assert dpfeta["repeats"] == 2 and sorted(dpfeta["seeds"]) == [0, 1]
+
+
+def test_reruns_replace_earlier_runs_of_their_method_epsilon_and_seed(tmp_path, capsys):
+    """A default changed for one method, which was run again: each rerun's rows replace the
+    earlier rows of the same method, target ε and seed; every other row still counts. The rerun
+    file's baseline (a copy of an older run, here a different one) is not a rerun."""
+    old = [
+        {
+            **_seeded("a" * 40, "main", 10.0, 0, 240.0, 0.6),
+            "experiments": [
+                {"revs": [_seeded("b" * 40, "e1", 10.0, 1, 250.0, 0.55)]},
+                {"revs": [_seeded("c" * 40, "e2", 1.0, 0, 320.0, 0.3)]},
+            ],
+        }
+    ]
+    rerun = _seeded("d" * 40, "r1", 10.0, 1, 200.0, 0.7)
+    del rerun["data"]["metrics"]["runs/dpdm/metrics.json"]  # `-S methods=[dpfeta]`
+    new = [{**_seeded("e" * 40, "main", 5.0, 0, 230.0, 0.65), "experiments": [{"revs": [rerun]}]}]
+    files = [tmp_path / "old.json", tmp_path / "new.json"]
+    for f, entries in zip(files, (old, new), strict=True):
+        f.write_text(json.dumps(entries))
+    out = tmp_path / "out"
+    args = ["--exp-json", str(files[0]), "--rerun-json", str(files[1]), "--out", str(out)]
+    assert sweep.main(args) == 0
+    runs = json.loads((out / "runs.json").read_text())
+    replaced = [(r["method"], r["target_epsilon"], r["seed"]) for r in runs if "replaced_by" in r]
+    assert replaced == [("dpfeta", 10.0, 1)]
+    assert {r["replaced_by"] for r in runs if "replaced_by" in r} == {"r1"}
+    assert not any(r["target_epsilon"] == 5.0 for r in runs)  # the baseline copy
+    summary = {
+        (r["method"], r["target_epsilon"]): r for r in json.loads((out / "sweep.json").read_text())
+    }
+    assert summary[("dpfeta", 10.0)]["repeats"] == 2
+    assert summary[("dpfeta", 10.0)]["fid"] == pytest.approx((240.0 + 200.0) / 2)
+    assert summary[("dpdm", 10.0)]["repeats"] == 2  # not rerun: both old runs count
+    assert summary[("dpdm", 10.0)]["fid"] == pytest.approx((240.0 + 250.0) * 1.3 / 2)
+
+
+def test_a_rerun_without_a_seed_is_refused():
+    rerun = {"experiment": "r1", "method": "dpfeta", "target_epsilon": 10.0, "seed": None}
+    with pytest.raises(ValueError, match="no seed"):
+        sweep.replace_reruns([], [rerun])
