@@ -60,12 +60,14 @@ def _states(entries: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]
 
 
 def _experiment_states(entries: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """The experiments of ``dvc exp show --json`` output, without their baselines."""
+    """The experiments of ``dvc exp show --json`` output, without their baselines, nor one saved
+    while it ran (rev ``workspace``: its new params may sit beside an older run's metrics)."""
     return [
         s
         for e in entries
         for group in e.get("experiments") or []
         for s in _states(group.get("revs") or [])
+        if s.get("rev") != "workspace"
     ]
 
 
@@ -135,7 +137,13 @@ def replace_reruns(
     for r in reruns:
         if r.get("seed") is None or r.get("target_epsilon") is None:
             raise ValueError(f"rerun {r.get('experiment')!r} has no seed or target ε to replace")
-        newer[(r["method"], float(r["target_epsilon"]), int(r["seed"]))] = str(r["experiment"])
+        key = (r["method"], float(r["target_epsilon"]), int(r["seed"]))
+        if key in newer:
+            raise ValueError(
+                f"two reruns of {key[0]} at target ε {key[1]:g}, seed {key[2]} "
+                f"({newer[key]!r}, {r.get('experiment')!r}): keep one in the rerun file"
+            )
+        newer[key] = str(r["experiment"])
     out: list[dict[str, Any]] = []
     for r in rows:
         key = (r.get("method"), r.get("target_epsilon"), r.get("seed"))

@@ -357,3 +357,27 @@ def test_a_rerun_without_a_seed_is_refused():
     rerun = {"experiment": "r1", "method": "dpfeta", "target_epsilon": 10.0, "seed": None}
     with pytest.raises(ValueError, match="no seed"):
         sweep.replace_reruns([], [rerun])
+
+
+def test_two_reruns_of_one_method_epsilon_and_seed_are_refused(tmp_path, capsys):
+    """Two different runs for one (method, ε, seed) in the rerun file would both count."""
+    reruns = [
+        {**_seeded("workspace", None, 1.0, 0, 300.0, 0.4)},  # saved while running: ignored
+        {
+            **_seeded("a" * 40, "main", 10.0, 0, 240.0, 0.6),
+            "experiments": [
+                {"revs": [_seeded("b" * 40, "r1", 10.0, 1, 200.0, 0.7)]},
+                {"revs": [_seeded("c" * 40, "r2", 10.0, 1, 210.0, 0.68)]},
+            ],
+        },
+    ]
+    f, none = tmp_path / "reruns.json", tmp_path / "none.json"
+    f.write_text(json.dumps(reruns))
+    none.write_text("[]")
+    args = ["--exp-json", str(none), "--rerun-json", str(f), "--out", str(tmp_path / "out")]
+    assert sweep.main(args) == 2
+    assert "two reruns of dp" in capsys.readouterr().err
+    states = sweep._experiment_states(
+        [{**reruns[1], "experiments": [{"revs": [_seeded("workspace", None, 5.0, 2, 1.0, 0.1)]}]}]
+    )
+    assert states == []  # an experiment saved while it ran is not a rerun
