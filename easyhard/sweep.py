@@ -307,6 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="with --run: whole-pipeline repeats")
     args = p.parse_args(argv)
     try:
+        if args.run and args.rerun_json:
+            raise ValueError(
+                "--rerun-json collects saved reruns; run them with `dvc exp run -S "
+                "methods=[...]` (docs/experiments.md), not together with --run"
+            )
         saved = [e for f in args.exp_json for e in json.loads(Path(f).read_text())]
         if args.run:
             run_experiments(args.epsilon, args.repeats, args.set, args.out, saved)

@@ -381,3 +381,12 @@ def test_two_reruns_of_one_method_epsilon_and_seed_are_refused(tmp_path, capsys)
         [{**reruns[1], "experiments": [{"revs": [_seeded("workspace", None, 5.0, 2, 1.0, 0.1)]}]}]
     )
     assert states == []  # an experiment saved while it ran is not a rerun
+
+
+def test_run_with_reruns_is_refused_in_one_line(tmp_path, capsys):
+    """--run's resume logic and its outputs after each run know nothing of reruns."""
+    f = tmp_path / "reruns.json"
+    f.write_text("[]")
+    assert sweep.main(["--run", "--rerun-json", str(f), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "not together with --run" in err and len(err.strip().splitlines()) == 1
