@@ -128,28 +128,36 @@ def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def _run_key(r: Mapping[str, Any]) -> tuple[Any, float | None, int | None]:
+    """(method, target ε, seed) of a row, normalised so that reruns and earlier rows compare."""
+    eps, seed = r.get("target_epsilon"), r.get("seed")
+    return (
+        r.get("method"),
+        None if eps is None else float(eps),
+        None if seed is None else int(seed),
+    )
+
+
 def replace_reruns(
     rows: Sequence[Mapping[str, Any]], reruns: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
     """``rows`` then ``reruns``, each row of ``rows`` with the method, target ε and seed of a rerun
     marked ``replaced_by`` (the rerun's experiment): the summary counts the rerun instead."""
-    newer: dict[tuple[Any, Any, Any], str] = {}
+    newer: dict[tuple[Any, float | None, int | None], str] = {}
     for r in reruns:
-        if r.get("seed") is None or r.get("target_epsilon") is None:
+        key = _run_key(r)
+        if key[1] is None or key[2] is None:
             raise ValueError(f"rerun {r.get('experiment')!r} has no seed or target ε to replace")
-        key = (r["method"], float(r["target_epsilon"]), int(r["seed"]))
         if key in newer:
             raise ValueError(
                 f"two reruns of {key[0]} at target ε {key[1]:g}, seed {key[2]} "
                 f"({newer[key]!r}, {r.get('experiment')!r}): keep one in the rerun file"
             )
         newer[key] = str(r["experiment"])
-    out: list[dict[str, Any]] = []
-    for r in rows:
-        key = (r.get("method"), r.get("target_epsilon"), r.get("seed"))
-        seed = None if key[2] is None else int(key[2])
-        by = newer.get((key[0], None if key[1] is None else float(key[1]), seed))
-        out.append(dict(r) | ({"replaced_by": by} if by else {}))
+    out = [
+        dict(r) | ({"replaced_by": newer[_run_key(r)]} if _run_key(r) in newer else {})
+        for r in rows
+    ]
     return out + [dict(r) for r in reruns]
 
 
