@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from easyhard.config import METHODS, load_params
+from easyhard.config import METHODS, SHARES_RUN_OF, load_params
 from easyhard.pipeline.zones import ZoneError
 from easyhard.schema import ConfigError
 
@@ -140,18 +140,30 @@ def run_notebook(
     root: str | Path = ".",
     extra: dict | None = None,
     progress: bool = False,
-) -> None:
+) -> str | None:
     """Execute ``notebook`` in ``root`` with ``extra`` (e.g. ``{"method": "dpfeta"}``) injected
     as papermill parameters; atomic output. A private-zone stage's output must lie in ``private/``
-    and its stdout/stderr go to its private log (:mod:`easyhard.pipeline.zones`)."""
+    and its stdout/stderr go to its private log (:mod:`easyhard.pipeline.zones`).
+
+    A per-method stage of a method whose run equals an earlier method's
+    (:mod:`easyhard.pipeline.sharing`) is not executed: its outputs point to that method's, which
+    is returned (``None`` when the notebook ran)."""
     from easyhard.pipeline import zones
 
     root = Path(root).resolve()
-    load_params(root / "params.yaml")  # validate before anything runs
+    params = load_params(root / "params.yaml")  # validate before anything runs
     zones.check_output(notebook, output, root)
     output = Path(output)
     if not output.is_absolute():
         output = root / output
+    method = (extra or {}).get("method")
+    if method in SHARES_RUN_OF:  # a method whose run may be another's (its warm-up planned off)
+        from easyhard.pipeline import sharing
+
+        partner = sharing.stage_partner(root, notebook, params, method)
+        if partner is not None:
+            sharing.write_shared(root, notebook, output, method, partner)
+            return partner
     zone = zones.zone_of(notebook)
     if zone == "private":
         with _into_file(private_log(root, output)):
@@ -162,6 +174,7 @@ def run_notebook(
                 raise
     else:
         _execute(notebook, output, root, extra, zone, progress)
+    return None
 
 
 def _execute(
@@ -254,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not Path(args.notebook).is_file():
             raise FileNotFoundError(f"notebook not found: {args.notebook}")
-        run_notebook(args.notebook, args.output, root=args.root, extra=extra)
+        shared = run_notebook(args.notebook, args.output, root=args.root, extra=extra)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -274,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
             evalue = getattr(e, "evalue", str(e))
             print(f"error: {ename}: {evalue}", file=sys.stderr)
         return 2 if ename in INPUT_ERRORS else 1
+    if shared is not None:
+        print(f"{what}: {shared}'s run (the same plan; not run again, nothing spent)")
+        return 0
     if private:
         print(f"{what}: done in the private zone (log: {_log_hint(args)})")
     return 0

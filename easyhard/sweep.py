@@ -46,6 +46,7 @@ from typing import Any
 
 from easyhard.config import CLASSIFIERS
 from easyhard.ordering import ordering_lines
+from easyhard.pipeline.sharing import KEY as SHARED
 from easyhard.sweep_summary import markdown_table, summarise, summary_figure, summary_table
 
 OUT = Path("report") / "sweep"
@@ -86,7 +87,23 @@ def _metric_rows(
             {"experiment": exp, "method": parts[-2], **data}
             | {"target_epsilon": target, "seed": seed}
         )
-    return rows
+    return _shared_filled(rows)
+
+
+def _shared_filled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows of one run whose metrics point to another method's run (the same plan,
+    easyhard/pipeline/sharing.py) get that run's metrics, keeping their method and ``same_as``."""
+    by_method = {r["method"]: r for r in rows if not r.get(SHARED)}
+    out = []
+    for r in rows:
+        owner = r.get(SHARED)
+        if owner is not None:
+            if owner not in by_method:
+                raise ValueError(f"{r['method']} shares {owner}'s run, which has no metrics here")
+            keep = {k: r[k] for k in ("experiment", "method", "target_epsilon", "seed") if k in r}
+            r = {**by_method[owner], **keep, SHARED: owner}
+        out.append(r)
+    return out
 
 
 def rows_from_exp_show(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -174,7 +191,10 @@ def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]
         p = Path(p)
         if not p.is_file():
             raise FileNotFoundError(f"metrics file not found: {p}")
-        details = p.parent / "evaluate" / "details.json"
+        data = json.loads(p.read_text())
+        owner = data.get(SHARED)
+        run = p.parent if owner is None else p.parent.parent / str(owner)  # whose run it is
+        details = run / "evaluate" / "details.json"
         if not details.is_file():
             raise FileNotFoundError(
                 f"{details} not found (the evaluate stage writes it beside {p})"
@@ -183,7 +203,8 @@ def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]
         target = info.get("target_epsilon")
         if target is None:
             raise ValueError(f"{details} has no target_epsilon (not an evaluate-stage file)")
-        data = json.loads(p.read_text())
+        if owner is not None:  # the same run as another method's: its metrics, marked
+            data = json.loads((run / "metrics.json").read_text()) | {SHARED: owner}
         rows.append(
             {"experiment": str(p.parent.parent.parent), "method": p.parent.name, **data}
             | {"target_epsilon": float(target), "seed": info.get("seed")}

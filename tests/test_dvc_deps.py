@@ -123,7 +123,9 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
         pretrain,
         report,
         sample,
+        sharing,
     )
+    from easyhard.pipeline.release import layout
 
     read: dict[str, set[str]] = {name: set() for name in DVC}
 
@@ -136,7 +138,10 @@ def keys_read(tmp_path_factory) -> dict[str, set[str]]:
     params, paths = setup(root=root)
     run("prepare", prepare.run, params, paths)
     run("fid_reference", fid_reference.run, params, paths)
+    public = layout(params, paths)
     for m in params.methods:
+        # the launcher's decision whether the method's run is another's (the first stage's)
+        run("central", lambda p, name: sharing.same_as(p, public, name), params, m)
         run("central", central_images.run, params, paths, m)
         run("frequency", frequency.run, params, paths, m)
         run("pretrain", pretrain.run, params, paths, m)

@@ -126,6 +126,7 @@ def test_plan_params_ends_with_one_json_line_for_every_method(tmp_path, capsys):
         "noise_multiplier": None,
         "mechanisms": [],
         "warmups": {},
+        "same_as": None,
     }
     assert 0.99 * 10 <= last["dpfeta"]["epsilon"] <= 10
     assert last["dpfeta"]["mechanisms"] == ["central_images_mean", "dp_sgd"]

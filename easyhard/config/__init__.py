@@ -29,6 +29,7 @@ from easyhard.config.choices import (
     PRECISIONS,
     RANDOMNESS,
     SAMPLERS,
+    SHARES_RUN_OF,
     WARMUP_SECTIONS,
 )
 from easyhard.config.evaluation import AuditConfig, EvaluateConfig, SampleConfig
@@ -58,6 +59,7 @@ __all__ = [
     "PRECISIONS",
     "RANDOMNESS",
     "SAMPLERS",
+    "SHARES_RUN_OF",
     "WARMUP_SECTIONS",
     "AuditConfig",
     "AuxGenConfig",

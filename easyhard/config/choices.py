@@ -9,6 +9,9 @@ WARMUP_SECTIONS = {
     "fetapro": ("central", "frequency"),
     "nonprivate": (),
 }
+# A method whose own warm-up may be planned off, and the method its run then equals (its stages
+# share that run: easyhard.pipeline.sharing; easyhard.pipeline.methods checks the table agrees).
+SHARES_RUN_OF = {"fetapro": "dpfeta"}
 DATASETS = (
     "mnist_offline",
     "digits",

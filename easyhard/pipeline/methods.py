@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from easyhard.central import central_mechanism
 from easyhard.config import METHODS as NAMES
-from easyhard.config import WARMUP_SECTIONS, Params
+from easyhard.config import SHARES_RUN_OF, WARMUP_SECTIONS, Params
 from easyhard.frequency import frequency_mechanism, frequency_params
 from easyhard.layout import Layout
 from easyhard.privacy import Mechanism
@@ -76,6 +76,15 @@ if tuple(METHODS) != NAMES:  # the allowed values live in config; the table must
     raise RuntimeError(f"method table {tuple(METHODS)} differs from config.METHODS {NAMES}")
 if {n: m.warmup_sections for n, m in METHODS.items()} != WARMUP_SECTIONS:  # config's share check
     raise RuntimeError("method table's warm-ups differ from config.WARMUP_SECTIONS")
+for _m, _p in SHARES_RUN_OF.items():  # the pair differs by one warm-up: with it off, one run
+    _a, _b = METHODS[_m], METHODS[_p]
+    if (_a.private, _a.central_images, _a.frequency, _b.frequency) != (
+        _b.private,
+        _b.central_images,
+        True,
+        False,
+    ):
+        raise RuntimeError(f"{_m} does not differ from {_p} by the frequency warm-up alone")
 
 
 def method(name: str) -> Method:

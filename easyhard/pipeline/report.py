@@ -32,6 +32,8 @@ from easyhard.io import read_json, save_figure, write_json
 from easyhard.pipeline.methods import method as method_row
 from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
+from easyhard.pipeline.sharing import KEY as SHARED
+from easyhard.pipeline.sharing import resolve
 from easyhard.plots import comparison_bars, side_by_side
 from easyhard.sweep_summary import summary_figure
 
@@ -53,13 +55,34 @@ def table(
     as ``mean ± std`` (3 decimals; the std is over classifier seeds)."""
     rows = []
     for name, m in metrics.items():
-        row = {"method": method_row(name).title, "ε ↓": _epsilon_text(m)}
+        row = {"method": _title(name, m), "ε ↓": _epsilon_text(m)}
         row["FID ↓"] = "–" if m.get("fid") is None else f"{m['fid']:.1f}"
         for c in classifiers:
             mean, sd = m.get(c), m.get(f"{c}_sd")
             row[f"{c} accuracy ↑"] = "–" if mean is None else f"{mean:.3f} ± {sd or 0.0:.3f}"
         rows.append(row)
     return rows
+
+
+def _title(name: str, m: Mapping[str, Any]) -> str:
+    """A method's title; a method sharing another's run (the same plan) says whose it is."""
+    title = method_row(name).title
+    if m.get(SHARED):
+        title += f" (= {method_row(m[SHARED]).title}'s run: the same plan)"
+    return title
+
+
+def resolved_metrics(paths: Paths, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each method's ``metrics.json``; a method sharing another's run gets that run's metrics,
+    with ``same_as`` naming it (easyhard/pipeline/sharing.py)."""
+    runs = paths.root / "runs"
+    out = {}
+    for name in names:
+        owner = resolve(runs, name)
+        if owner not in names:
+            raise ValueError(f"{name}'s run is {owner}'s, which methods does not list: add it")
+        out[name] = read_json(paths.metrics(owner)) | ({SHARED: owner} if owner != name else {})
+    return out
 
 
 def _best(metrics: Mapping[str, Mapping[str, Any]], key: str, low: bool) -> str | None:
@@ -77,12 +100,17 @@ def reading(metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]
     """A one-paragraph reading of the comparison, generated from the numbers only: which private
     method has the lowest FID and the highest accuracy per classifier, whether the two best
     accuracies' mean ± std intervals overlap, and the gap to the non-private ceiling."""
-    private = _private(metrics)
+    shared = {n: m[SHARED] for n, m in metrics.items() if m.get(SHARED)}
+    private = {n: m for n, m in _private(metrics).items() if n not in shared}
     title = {n: method_row(n).title for n in metrics}
     if not private:
         return "No private release in this run: nothing to compare at a privacy budget."
     eps = ", ".join(f"{title[n]} ε = {m['epsilon']:.2f}" for n, m in private.items())
     out = [f"At the same target budget ({eps}),"]
+    out += [
+        f"({title[n]} runs the same plan as {title[o]} here: one run, one spend, no comparison.)"
+        for n, o in shared.items()
+    ]
     best_fid = _best(private, "fid", low=True)
     if best_fid is not None:
         out.append(
@@ -132,14 +160,21 @@ def _bars(metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]) 
         values[c] = [metrics[n].get(c) for n in names]
         errors[c] = [metrics[n].get(f"{c}_sd") for n in names]
         titles[c] = f"{c} accuracy on real test ↑\n(error bars: std over classifier seeds)"
-    labels = [method_row(n).title for n in names]
+    labels = [
+        method_row(n).title
+        + (f"\n(= {method_row(metrics[n][SHARED]).title})" if metrics[n].get(SHARED) else "")
+        for n in names
+    ]
     return comparison_bars(values, errors, labels, titles)
 
 
 def _image_panels(params: Params, paths: Paths) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per method, its central images (if it has any) and then its samples."""
     panels = {}
-    for m in params.methods:
+    for name in params.methods:
+        m = resolve(paths.root / "runs", name)
+        if m != name:  # the same run: its images are already shown
+            continue
         title = method_row(m).title
         with np.load(paths.central(m)) as f:
             if len(f["y"]):
@@ -152,7 +187,7 @@ def _image_panels(params: Params, paths: Paths) -> dict[str, tuple[np.ndarray, n
 def run(params: Params, paths: Paths) -> dict[str, Any]:
     """Compare methods: the table, bar charts, central images beside the samples, the reading,
     and the privacy spent on the dataset by every release so far (``report/privacy.json``)."""
-    metrics = {m: read_json(paths.metrics(m)) for m in params.methods}
+    metrics = resolved_metrics(paths, params.methods)
     classifiers = list(params.evaluate.classifiers)
     test = load_npz(paths.test)
     figs = {
@@ -226,8 +261,11 @@ def readme_table(root: str | Path = ".") -> list[str]:
     head = ["method", "ε", "FID ↓", *README_CLASSIFIERS.values(), "audit"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for title, m in README_METHODS.items():
-        metrics = json.loads((root / "runs" / m / "metrics.json").read_text())
-        audit = json.loads((root / "runs" / m / "verdict.json").read_text())
+        owner = resolve(root / "runs", m)
+        metrics = json.loads((root / "runs" / owner / "metrics.json").read_text())
+        audit = json.loads((root / "runs" / owner / "verdict.json").read_text())
+        if owner != m:
+            title += f" (= {method_row(owner).title}'s run)"
         cells = [title, f"{metrics['epsilon']:.2f}", f"{metrics['fid']:.1f}"]
         for c in README_CLASSIFIERS:
             cells.append(f"{metrics[c]:.3f} ± {metrics[c + '_sd']:.3f}")

@@ -224,8 +224,10 @@ def _plan_params(args: argparse.Namespace) -> None:
     """Plan each method of a params file with :func:`easyhard.pipeline.release.plan`, the stages'
     own planner: per release (one method's run) the warm-ups' planned settings (easyhard/warmup.py:
     predicted per-pixel noise std, SNR, share) and the ledger, then one JSON line, ``{method:
-    {"epsilon", "noise_multiplier", "mechanisms", "warmups"}}`` (the non-private ceiling:
-    ``epsilon`` null, not a release). Public values only: nothing under ``private/`` is read."""
+    {"epsilon", "noise_multiplier", "mechanisms", "warmups", "same_as"}}`` (the non-private
+    ceiling: ``epsilon`` null, not a release; ``same_as``: the earlier method whose run this one
+    shares, the same plan, so it is not run again and spends nothing: easyhard/pipeline/sharing.py,
+    else null). Public values only: nothing under ``private/`` is read."""
     import json
     from pathlib import Path
 
@@ -233,6 +235,7 @@ def _plan_params(args: argparse.Namespace) -> None:
     from easyhard.pipeline.methods import method as method_row
     from easyhard.pipeline.paths import Paths
     from easyhard.pipeline.release import layout, plan
+    from easyhard.pipeline.sharing import same_as
 
     params = load_params(args.params)
     public = layout(params, Paths(Path(args.params).resolve().parent))
@@ -249,6 +252,7 @@ def _plan_params(args: argparse.Namespace) -> None:
                 "noise_multiplier": None,
                 "mechanisms": [],
                 "warmups": {},
+                "same_as": same_as(params, public, row.name),
             }
             continue
         warm = row.warmup_plan(params, public)
@@ -269,11 +273,18 @@ def _plan_params(args: argparse.Namespace) -> None:
             mechanisms=list(release.mechanisms),
         )
         record = _report(ledger)
+        shared = same_as(params, public, row.name)
+        if shared is not None:
+            print(
+                f"  the same plan as {shared}: {row.name} shares its run (not run again, "
+                "nothing spent; its results are the same run's)"
+            )
         summary[row.name] = {
             "epsilon": record["epsilon"],
             "noise_multiplier": release.dp_sgd.noise_multiplier,
             "mechanisms": [m.name for m in release.mechanisms],
             "warmups": warmups,
+            "same_as": shared,
         }
     print(json.dumps(summary))
 
