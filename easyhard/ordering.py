@@ -8,7 +8,9 @@ method b on one metric at one ε is
   ordering);
 * ``≥``: a's mean at least as good, but inside the spread or from a single run (a direction only);
 * ``≤``: a's mean worse, inside the spread or from a single run;
-* ``<``: a's mean worse by more than s_a + s_b, both from at least 2 repeats.
+* ``<``: a's mean worse by more than s_a + s_b, both from at least 2 repeats;
+* ``=``: a's runs *are* b's (the same plan, easyhard/pipeline/sharing.py): equal by construction,
+  not a measurement; the line says so.
 
 "Better" is a lower FID and a higher accuracy. "a ≥ b holds" at an ε when every metric is ``>`` or
 ``≥``: the means order that way, which is what the issue's claims ask; whether that ordering is
@@ -39,8 +41,13 @@ class Comparison:
 
     @property
     def holds(self) -> bool:
-        """a's mean is at least as good as b's on every metric."""
-        return all(s in (">", "≥") for s in self.signs.values())
+        """a's mean is at least as good as b's on every metric (or a's run is b's)."""
+        return all(s in (">", "≥", "=") for s in self.signs.values())
+
+    @property
+    def same_run(self) -> bool:
+        """a's runs are b's (the same plan): nothing was compared."""
+        return set(self.signs.values()) == {"="}
 
 
 def _stat(row: Mapping[str, Any], metric: str) -> tuple[float, float]:
@@ -71,6 +78,9 @@ def compare(
         ra, rb = at[(a, eps)], at[(b, eps)]
         n = (int(ra["repeats"]), int(rb["repeats"]))
         signs = {}
+        if ra.get("same_as") == b or rb.get("same_as") == a:
+            out.append(Comparison(float(eps), a, b, n, dict.fromkeys(("fid", *classifiers), "=")))
+            continue
         for metric in ("fid", *classifiers):
             (ma, sa), (mb, sb) = _stat(ra, metric), _stat(rb, metric)
             signs[metric] = sign(ma, sa, n[0], mb, sb, n[1], lower=metric == "fid")
@@ -91,8 +101,11 @@ def ordering_lines(
     lines = []
     for c in sorted(found, key=lambda c: c.target_epsilon):
         signs = ", ".join(f"{m} {s}" for m, s in c.signs.items())
+        verdict = "holds" if c.holds else "does not hold"
+        if c.same_run:
+            verdict = f"the same runs: {c.a}'s plan is {c.b}'s, equal by construction"
         lines.append(
             f"ε = {c.target_epsilon:g}, {c.repeats[0]} vs {c.repeats[1]} repeats: {c.a} vs {c.b}: "
-            f"{signs} ({'holds' if c.holds else 'does not hold'})"
+            f"{signs} ({verdict})"
         )
     return lines

@@ -164,6 +164,7 @@ def run_notebook(
         if partner is not None:
             sharing.write_shared(root, notebook, output, method, partner)
             return partner
+        sharing.clear_outputs(root, notebook, method)  # no marker left beside its real files
     zone = zones.zone_of(notebook)
     if zone == "private":
         with _into_file(private_log(root, output)):

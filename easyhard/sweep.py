@@ -98,8 +98,13 @@ def _shared_filled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in rows:
         owner = r.get(SHARED)
         if owner is not None:
-            if owner not in by_method:
-                raise ValueError(f"{r['method']} shares {owner}'s run, which has no metrics here")
+            if owner not in by_method:  # e.g. a workspace saved while the run was going
+                print(
+                    f"warning: {r['method']} in {r['experiment'] or 'a state'} shares {owner}'s "
+                    "run, which has no metrics there: left out",
+                    file=sys.stderr,
+                )
+                continue
             keep = {k: r[k] for k in ("experiment", "method", "target_epsilon", "seed") if k in r}
             r = {**by_method[owner], **keep, SHARED: owner}
         out.append(r)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from easyhard.config import CLASSIFIERS
+from easyhard.pipeline.sharing import KEY as SHARED
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -35,6 +36,13 @@ def summarise(
         groups.setdefault((str(r["method"]), target), []).append(r)
     out = []
     for (method, target), rs in sorted(groups.items()):
+        owners = {r.get(SHARED) for r in rs}
+        if len(owners) > 1:  # a shared run is another method's draw, never a repeat of its own
+            raise ValueError(
+                f"{method} at target ε {target:g} mixes its own runs with runs shared with "
+                f"{', '.join(sorted(str(o) for o in owners if o))}: rerun the old ones "
+                "(--rerun-json) so one kind is left"
+            )
         eps = [r["epsilon"] for r in rs if r.get("epsilon") is not None]
         row: dict[str, Any] = {
             "method": method,
@@ -44,6 +52,7 @@ def summarise(
             "repeats": len(rs),
             "seeds": sorted({r.get("seed") for r in rs}, key=lambda v: (v is None, v)),
             "experiments": [r["experiment"] for r in rs],
+            SHARED: owners.pop(),
         }
         row["fid"], row["fid_std"] = _mean_std([r["fid"] for r in rs if r.get("fid") is not None])
         for c in classifiers:

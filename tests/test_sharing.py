@@ -82,6 +82,37 @@ def test_only_the_table_pair_shares_and_methods_order_does_not_matter(tmp_path):
     }
 
 
+def test_no_marker_is_left_beside_real_files_nor_real_files_beside_a_marker(tmp_path, spend_store):
+    """Stages run by hand (not by DVC, which clears outputs itself): at ε = 1 FETA-Pro's central
+    stage leaves only a marker; run again at ε = 10 it clears the marker and its outputs first
+    (the real stage then runs; here the notebook fails without data, after the clearing)."""
+    root = tmp_path / "repo"
+    params_file(root, {"privacy": {"epsilon": 1.0}})
+    out = root / "private/runs/fetapro/central/03_central_images.ipynb"
+    central = root / "runs/fetapro/central"
+    (central).mkdir(parents=True)
+    (central / "central.npz").write_bytes(b"old real output")
+    run_notebook(NB / "03_central_images.ipynb", out, root=root, extra={"method": "fetapro"})
+    assert sorted(p.name for p in central.iterdir()) == [sharing.MARKER]
+    params_file(root, {"privacy": {"epsilon": 10.0}})
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError):  # no training split: the real stage fails
+        run_notebook(NB / "03_central_images.ipynb", out, root=root, extra={"method": "fetapro"})
+    assert not central.exists()
+
+
+def test_every_shared_stage_requires_its_partner_in_methods(tmp_path):
+    """A later stage that follows a marker refuses too when methods lost DP-FETA since."""
+    root = tmp_path / "repo"
+    params_file(root, {"methods": ["fetapro"], "privacy": {"epsilon": 1.0}})
+    (root / "runs/fetapro/central").mkdir(parents=True)
+    (root / "runs/fetapro/central" / sharing.MARKER).write_text(json.dumps({"same_as": "dpfeta"}))
+    out = root / "private/runs/fetapro/frequency/04_frequency.ipynb"
+    with pytest.raises(ConfigError, match="add dpfeta to methods"):
+        run_notebook(NB / "04_frequency.ipynb", out, root=root, extra={"method": "fetapro"})
+
+
 def test_fetapro_alone_where_its_run_is_dpfetas_is_refused_in_one_line(tmp_path, spend_store):
     root = tmp_path / "repo"
     params_file(root, {"methods": ["fetapro"], "privacy": {"epsilon": 1.0}})
@@ -217,6 +248,9 @@ def test_the_report_and_readme_table_give_a_shared_method_its_runs_results(tmp_p
     text = report.reading(metrics, ["cnn"])
     assert "FETA-Pro runs the same plan as DP-FETA here" in text
     assert "ahead of FETA-Pro" not in text and "FETA-Pro is most" not in text
+    assert "ceiling" not in text  # a shared run is not a method without ε
+    with_ceiling = metrics | {"nonprivate": _headline(150.0, 0.9) | {"epsilon": None}}
+    assert "The non-private ceiling reaches 0.900" in report.reading(with_ceiling, ["cnn"])
     (tmp_path / "runs" / "dpfeta" / "metrics.json").write_text(json.dumps({"same_as": "fetapro"}))
     with pytest.raises(ValueError, match="cycle"):
         sharing.resolve(tmp_path / "runs", "fetapro")
@@ -252,11 +286,19 @@ def test_the_sweep_counts_a_shared_run_with_the_runs_metrics(tmp_path):
     ]
     got = {r["method"]: r for r in sweep.rows_from_exp_show(exp)}
     assert got["fetapro"]["cnn"] == got["dpfeta"]["cnn"] and got["fetapro"]["same_as"] == "dpfeta"
-    lines = sweep.ordering_lines(sweep.summarise(list(got.values())))
+    summary = sweep.summarise(list(got.values()))
+    assert next(r for r in summary if r["method"] == "fetapro")["same_as"] == "dpfeta"
+    lines = sweep.ordering_lines(summary)
     line = next(x for x in lines if "fetapro vs dpfeta" in x)
-    assert line.endswith("(holds)") and ">" not in line.split(":", 2)[2]
+    assert line.endswith(
+        "fid =, cnn =, resnet =, logreg = (the same runs: fetapro's plan is dpfeta's, "
+        "equal by construction)"
+    ), line
+    own = dict(got["fetapro"], experiment="exp-0", seed=1)
+    own.pop("same_as")
+    with pytest.raises(ValueError, match="mixes its own runs with runs shared with dpfeta"):
+        sweep.summarise([*got.values(), own])
     with pytest.raises(ValueError, match="which methods does not list"):
         report.resolved_metrics(Paths(tmp_path), ["dpdm", "fetapro"])
-    metrics.pop("runs/dpfeta/metrics.json")
-    with pytest.raises(ValueError, match="shares dpfeta's run, which has no metrics here"):
-        sweep.rows_from_exp_show(exp)
+    metrics.pop("runs/dpfeta/metrics.json")  # e.g. saved while the run was going: left out
+    assert {r["method"] for r in sweep.rows_from_exp_show(exp)} == {"dpdm"}

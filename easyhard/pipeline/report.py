@@ -137,7 +137,7 @@ def reading(metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]
                 else "; the mean ± std intervals do not overlap"
             )
         out.append(text + ".")
-    ceilings = [n for n in metrics if n not in private]
+    ceilings = [n for n in metrics if n not in private and n not in shared]
     for n in ceilings:
         c = next((c for c in classifiers if metrics[n].get(c) is not None), None)
         best = _best(private, c, low=False) if c else None

@@ -9,8 +9,14 @@ comparison of noise with noise. So its stages *share* DP-FETA's run (``config.SH
 
 * its first stage (``central``) decides, from public values only (the params its ``dvc.yaml``
   entry lists and the public layout: the same on neighbouring datasets), with
-  :func:`same_as`; the method it would share must be in ``methods`` (else one error line);
-* each later stage follows its per-method inputs: a stage whose input is a marker is shared too.
+  :func:`same_as`;
+* each later stage follows its per-method inputs: a stage whose input is a marker is shared too;
+* every such stage requires the method it shares to be in ``methods`` (else one error line). Only
+  that precondition reads ``methods`` (no output depends on it, so no stage lists it: a
+  ``methods`` without DP-FETA after a shared run is refused by the report, in one line).
+
+A stage of FETA-Pro that does run clears its declared outputs first (:func:`clear_outputs`), so a
+marker never lies beside real files when stages are run by hand rather than by DVC.
 
 A shared stage runs no notebook, reads no data and spends nothing. For every output
 ``dvc.yaml`` declares for it, it writes a marker naming whose run it is (``same_as.json`` in an
@@ -121,14 +127,27 @@ def stage_partner(root: Path, notebook: str | Path, params: Params, name: str) -
     per-method input) :func:`same_as` on the public layout, whose partner must be in ``methods``."""
     inputs = stage_inputs(root, notebook, name)
     if inputs:
-        return next((p for p in map(marker_of, inputs) if p is not None), None)
-    from easyhard.pipeline.paths import Paths
-    from easyhard.pipeline.release import layout
+        found = next((p for p in map(marker_of, inputs) if p is not None), None)
+    else:
+        from easyhard.pipeline.paths import Paths
+        from easyhard.pipeline.release import layout
 
-    found = same_as(params, layout(params, Paths(root)), name)
-    if found is not None:
+        found = same_as(params, layout(params, Paths(root)), name)
+    if found is not None:  # a precondition only (no output depends on methods): every stage
         require_partner(params, name, found)
     return found
+
+
+def clear_outputs(root: Path, notebook: str | Path, name: str) -> None:
+    """Remove the stage's declared outputs (as DVC does before it runs a stage), so that neither a
+    marker is left beside a real run's files nor real files beside a marker, whoever runs it."""
+    import shutil
+
+    for out in stage_outputs(root, notebook, name):
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
 
 
 def write_shared(root: Path, notebook: str | Path, output: Path, name: str, owner: str) -> None:
@@ -137,6 +156,7 @@ def write_shared(root: Path, notebook: str | Path, output: Path, name: str, owne
     import nbformat
 
     note = {KEY: owner, "reason": f"{name}'s plan at these params is {owner}'s"}
+    clear_outputs(root, notebook, name)
     for out in stage_outputs(root, notebook, name):
         if out.suffix == ".json":
             out.parent.mkdir(parents=True, exist_ok=True)
