@@ -9,7 +9,8 @@
     python -m easyhard.sweep --exp-json exps.json --rerun-json reruns.json  # newer runs replace
 
 Reruns. After a default changes for one method, only that method's runs need running again
-(``dvc exp run -S methods=[fetapro] ...``). ``--rerun-json`` takes the saved ``dvc exp show
+(``dvc exp run -S methods=[fetapro] ...``; ``methods=[dpfeta,fetapro]`` where FETA-Pro's run is
+DP-FETA's, easyhard/pipeline/sharing.py). ``--rerun-json`` takes the saved ``dvc exp show
 --json`` of such runs: each of its experiments' rows replaces every earlier row of the same
 method, target ε and seed (its baseline and workspace states hold copies of older runs and are
 ignored). ``runs.json`` keeps the replaced rows, marked ``replaced_by``; the summary leaves them out.
