@@ -145,11 +145,9 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: in
     return correct / max(len(x), 1)
 
 
-def classifier_accuracy(
+def train_classifier(
     train_x: ArrayLike,
     train_y: ArrayLike,
-    test_x: ArrayLike,
-    test_y: ArrayLike,
     n_classes: int,
     epochs: int = 20,
     seed: int = 0,
@@ -159,18 +157,14 @@ def classifier_accuracy(
     batch_size: int = 128,
     lr: float = 1e-3,
     arch: str = "cnn",
-) -> dict[str, float]:
-    """Train a network (``arch``: ``"cnn"`` or ``"resnet"``, see :func:`build_classifier`) on
-    (synthetic) data, evaluate on real test data.
+) -> tuple[nn.Module, dict[str, float]]:
+    """Train a network (``arch``: ``"cnn"`` or ``"resnet"``, see :func:`build_classifier`).
 
     The epoch is chosen by accuracy on a held-out ``val_fraction`` of the *training* data (last
-    epoch if ``val_fraction == 0``); only that checkpoint is evaluated, once, on the test set.
-    Returns ``{"accuracy", "val_accuracy", "best_epoch"}`` (epochs counted from 1).
+    epoch if ``val_fraction == 0``); that checkpoint is returned, in eval mode, with
+    ``{"val_accuracy", "best_epoch"}`` (epochs counted from 1). The global RNG is untouched.
     """
     tx, ty = _prepare_xy(train_x, train_y, n_classes, "train")
-    ex, ey = _prepare_xy(test_x, test_y, n_classes, "test")
-    if tx.shape[1:] != ex.shape[1:]:
-        raise ValueError(f"train images {tx.shape[1:]} and test images {ex.shape[1:]} differ")
     tr_idx, va_idx = _split(len(tx), val_fraction, seed)
     dev = torch.device(device)
     xtr, ytr = torch.from_numpy(tx[tr_idx]).to(dev), torch.from_numpy(ty[tr_idx]).to(dev)
@@ -203,8 +197,63 @@ def classifier_accuracy(
         best_acc, best_epoch = float("nan"), epochs
     else:
         model.load_state_dict(best_state)
+    model.eval()
+    return model, {"val_accuracy": best_acc, "best_epoch": best_epoch}
+
+
+def predict(model: nn.Module, x: ArrayLike, batch_size: int = 512) -> np.ndarray:
+    """Class predictions (int64) of a trained classifier for NCHW images in [0, 1]."""
+    xs = torch.from_numpy(nchw_images(x).astype(np.float32))
+    dev = next(model.parameters()).device
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(xs), batch_size):
+            out.append(model(xs[s : s + batch_size].to(dev)).argmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+def classifier_accuracy(
+    train_x: ArrayLike,
+    train_y: ArrayLike,
+    test_x: ArrayLike,
+    test_y: ArrayLike,
+    n_classes: int,
+    epochs: int = 20,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    arch: str = "cnn",
+) -> dict[str, float]:
+    """Train a network (:func:`train_classifier`) on (synthetic) data, evaluate on real test data.
+
+    The epoch is chosen by accuracy on a held-out ``val_fraction`` of the *training* data (last
+    epoch if ``val_fraction == 0``); only that checkpoint is evaluated, once, on the test set.
+    Returns ``{"accuracy", "val_accuracy", "best_epoch"}`` (epochs counted from 1).
+    """
+    tx, _ = _prepare_xy(train_x, train_y, n_classes, "train")
+    ex, ey = _prepare_xy(test_x, test_y, n_classes, "test")
+    if tx.shape[1:] != ex.shape[1:]:
+        raise ValueError(f"train images {tx.shape[1:]} and test images {ex.shape[1:]} differ")
+    model, info = train_classifier(
+        tx,
+        train_y,
+        n_classes,
+        epochs=epochs,
+        seed=seed,
+        val_fraction=val_fraction,
+        device=device,
+        progress=progress,
+        batch_size=batch_size,
+        lr=lr,
+        arch=arch,
+    )
+    dev = next(model.parameters()).device
     test_acc = _accuracy(model, torch.from_numpy(ex).to(dev), torch.from_numpy(ey).to(dev))
-    return {"accuracy": test_acc, "val_accuracy": best_acc, "best_epoch": best_epoch}
+    return {"accuracy": test_acc, **info}
 
 
 def logistic_regression_accuracy(

@@ -186,7 +186,18 @@ def test_metrics_epsilon_is_the_composition_of_the_ledger(tiny_run):
             assert key in details
         # metrics.json: only what a reader compares (dvc metrics show stays narrow)
         names = ("cnn", "resnet", "logreg")
-        assert set(metrics) == {"epsilon", "private", "fid", *names, *(f"{c}_sd" for c in names)}
+        assert set(metrics) == {
+            "epsilon",
+            "private",
+            "fid",
+            *names,
+            *(f"{c}_sd" for c in names),
+            "recognised",
+        }
+        # the reader (trained on the public test split) labels every synthetic image
+        assert 0.0 <= metrics["recognised"] <= 1.0
+        assert metrics["recognised"] == round(details["recognised"], 3)
+        assert len(details["recognised_by_class"]) == 10
         for name in names:
             assert 0.0 <= metrics[name] <= 1.0 and metrics[f"{name}_sd"] >= 0.0
             assert metrics[name] == round(details[f"{name}_acc_mean"], 3)

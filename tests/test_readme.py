@@ -87,6 +87,8 @@ def test_readme_results_table_equals_the_committed_metrics():
             ("logreg", "log. reg. acc. ↑"),
         ):
             assert cells[col] == f"{_fmt(m[name], 3)} ± {_fmt(m[name + '_sd'], 3)}", (row[0], col)
+        if m.get("recognised") is not None or "recognised ↑" in cells:
+            assert cells["recognised ↑"] == _fmt(m["recognised"], 3), (row[0], "recognised")
         audit = json.loads((ROOT / "runs" / owner / "audit.json").read_text())
         assert audit["verdict"] in cells["audit"]
 

@@ -45,6 +45,10 @@ def test_headline_rounds_and_flags_the_ceiling():
         "logreg_sd": 0.01,
     }
     assert m["nonprivate"]["epsilon"] is None and m["nonprivate"]["private"] is False
+    rec = {"epsilon": 9.9, "private": True, "nonprivate": False, "fid": 1.0, "recognised": 0.61234}
+    for c in CLASSIFIERS:
+        rec |= {f"{c}_acc_mean": 0.5, f"{c}_acc_std": 0.0}
+    assert headline(rec, CLASSIFIERS)["recognised"] == 0.612
     seeded = _metrics(9.9, 200.0, 0.5, 0.01, private=False)
     assert seeded["private"] is False and seeded["epsilon"] == 9.9
 
@@ -76,6 +80,14 @@ def test_the_reading_follows_the_numbers():
     close = reading(_run(0.50, 0.49, sd=0.05), CLASSIFIERS)
     assert "intervals overlap, so this run does not separate them" in close
     assert "nothing to compare" in reading({"nonprivate": _run(0.5, 0.5)["nonprivate"]}, ["cnn"])
+
+
+def test_table_shows_the_recognised_share_where_a_method_has_it():
+    run = _run(0.53312, 0.4)
+    run["dpfeta"] = run["dpfeta"] | {"recognised": 0.6123}
+    rows = table(run, CLASSIFIERS)
+    assert [r["recognised ↑"] for r in rows] == ["0.612", "–", "–"]
+    assert "recognised ↑" not in table(_run(0.5, 0.4), CLASSIFIERS)[0]
 
 
 def test_export_copies_the_figures(tmp_path):
@@ -110,13 +122,19 @@ def test_readme_table_is_what_the_readme_test_expects(tmp_path):
     )
     lines = readme_table(tmp_path)
     assert (
-        lines[0] == "| method | ε | FID ↓ | CNN acc. ↑ | ResNet acc. ↑ | log. reg. acc. ↑ | audit |"
+        lines[0] == "| method | ε | FID ↓ | CNN acc. ↑ | ResNet acc. ↑ | log. reg. acc. ↑ "
+        "| recognised ↑ | audit |"
     )
     assert lines[2] == (
-        "| DP-FETA | 9.98 | 100.0 | 0.500 ± 0.012 | 0.500 ± 0.012 | 0.500 ± 0.012 "
+        "| DP-FETA | 9.98 | 100.0 | 0.500 ± 0.012 | 0.500 ± 0.012 | 0.500 ± 0.012 | – "
         "| inconclusive (ε̂ = 1.23) |"
     )
     assert [ln.split(" | ")[0] for ln in lines[2:5]] == ["| DP-FETA", "| DPDM", "| FETA-Pro"]
+    metrics = json.loads((tmp_path / "runs" / "dpdm" / "metrics.json").read_text())
+    (tmp_path / "runs" / "dpdm" / "metrics.json").write_text(
+        json.dumps(metrics | {"recognised": 0.4567})
+    )
+    assert readme_table(tmp_path)[3].split(" | ")[-2] == "0.457"
     assert lines[-1] == "dataset total ε = 29.90 (every release composed)"
     (tmp_path / "report" / "privacy.json").write_text(json.dumps({"epsilon": None}))
     assert readme_table(tmp_path)[-1].startswith("dataset total ε = ∞")

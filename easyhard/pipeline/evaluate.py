@@ -1,12 +1,13 @@
 """Stage ``evaluate``: one method's synthetic images against held-out real ones.
 
 Evaluation touches held-out data only: FID and precision/recall against Inception features of the
-held-out real test split, and downstream classifiers trained on synthetic images and tested once on
-that split; the release's privacy: its own epsilon and the dataset's total so far.
+held-out real test split, downstream classifiers trained on synthetic images and tested once on
+that split, and the share of synthetic images a reader trained on that split recognises as their
+class (:mod:`easyhard.recognition`); the release's privacy: its own epsilon and the dataset's total.
 
 Two files: ``runs/<method>/metrics.json`` (a DVC metric) holds only the numbers a reader compares
 (:func:`headline`: epsilon, whether the release is private, FID, each classifier's accuracy and its
-standard deviation over classifier seeds, rounded), so that ``dvc metrics show`` stays one readable
+standard deviation over classifier seeds, the recognised share, rounded), so that ``dvc metrics show`` stays one readable
 line per method; ``runs/<method>/evaluate/details.json`` holds everything at full precision.
 """
 
@@ -27,6 +28,7 @@ from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.pipeline.runtime import device
 from easyhard.privacy import Ledger
+from easyhard.recognition import recognised
 
 #: Decimals kept in ``metrics.json`` (``details.json`` keeps full precision).
 DECIMALS = {"epsilon": 3, "fid": 1, "accuracy": 3}
@@ -40,7 +42,9 @@ def headline(details: Mapping[str, Any], classifiers: Sequence[str]) -> dict[str
     """The handful of numbers ``metrics.json`` keeps: ``epsilon`` (null for the non-private
     ceiling, which is not a release), ``private`` (false for the ceiling and for a run whose noise
     came from the public seed), ``fid``, and per classifier ``<c>`` (mean accuracy on the real
-    test set) and ``<c>_sd`` (its standard deviation over the classifier seeds)."""
+    test set) and ``<c>_sd`` (its standard deviation over the classifier seeds); ``recognised``
+    (the share of synthetic images a reader trained on real ones labels as their class) when
+    the details have it."""
     out = {
         "epsilon": _round(details["epsilon"], "epsilon"),
         "private": bool(details["private"] and not details["nonprivate"]),
@@ -49,12 +53,14 @@ def headline(details: Mapping[str, Any], classifiers: Sequence[str]) -> dict[str
     for c in classifiers:
         out[c] = _round(details[f"{c}_acc_mean"], "accuracy")
         out[f"{c}_sd"] = _round(details[f"{c}_acc_std"], "accuracy")
+    if details.get("recognised") is not None:
+        out["recognised"] = _round(details["recognised"], "accuracy")
     return out
 
 
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """FID / precision / recall vs held-out real test images; downstream accuracy on them too;
-    the release's privacy (its own epsilon, and the dataset's total so far). Writes
+    the share of synthetic images a reader trained on them recognises; the release's privacy (its own epsilon, and the dataset's total so far). Writes
     ``details.json`` (everything) and ``metrics.json`` (:func:`headline`)."""
     synth = load_npz(paths.samples(method))
     test = load_npz(paths.test)
@@ -81,6 +87,17 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         device=device(params),
     )
     write_json(paths.stage(method, "evaluate") / "classifiers.json", runs)
+    # recognisability: a CNN trained on the (public) real test split labels every synthetic image
+    reader = recognised(
+        test.x,
+        test.y,
+        synth.x,
+        synth.y,
+        test.n_classes,
+        epochs=params.evaluate.classifier_epochs,
+        seed=params.seed,
+        device=device(params),
+    )
     ledger = Ledger.load(paths.ledger(method))
     private_method = method_row(method).private  # False: the ceiling, epsilon = infinity
     by = ledger.to_dict()
@@ -97,6 +114,7 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         "precision": precision,
         "recall": recall,
         **summary,  # <classifier>_acc_mean, <classifier>_acc_std
+        **reader,  # recognised, recognised_by_class, reader_val_accuracy
         "classifier_seeds": params.evaluate.classifier_seeds,
         "synthetic_count": len(synth),
         "fid_count": n_fid,

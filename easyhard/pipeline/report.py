@@ -52,7 +52,8 @@ def table(
     metrics: Mapping[str, Mapping[str, Any]], classifiers: Sequence[str]
 ) -> list[dict[str, str]]:
     """One row of formatted strings per method: ε, FID (1 decimal), each classifier's accuracy
-    as ``mean ± std`` (3 decimals; the std is over classifier seeds)."""
+    as ``mean ± std`` (3 decimals; the std is over classifier seeds), and the recognised share
+    (:mod:`easyhard.recognition`) where any method's metrics have it."""
     rows = []
     for name, m in metrics.items():
         row = {"method": _title(name, m), "ε ↓": _epsilon_text(m)}
@@ -60,6 +61,9 @@ def table(
         for c in classifiers:
             mean, sd = m.get(c), m.get(f"{c}_sd")
             row[f"{c} accuracy ↑"] = "–" if mean is None else f"{mean:.3f} ± {sd or 0.0:.3f}"
+        if any(x.get("recognised") is not None for x in metrics.values()):
+            rec = m.get("recognised")
+            row["recognised ↑"] = "–" if rec is None else f"{rec:.3f}"
         rows.append(row)
     return rows
 
@@ -258,7 +262,7 @@ def readme_table(root: str | Path = ".") -> list[str]:
     and the dataset total from ``report/privacy.json`` (``tests/test_readme.py`` checks the
     README against the same files)."""
     root = Path(root)
-    head = ["method", "ε", "FID ↓", *README_CLASSIFIERS.values(), "audit"]
+    head = ["method", "ε", "FID ↓", *README_CLASSIFIERS.values(), "recognised ↑", "audit"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for title, m in README_METHODS.items():
         owner = resolve(root / "runs", m)
@@ -269,6 +273,8 @@ def readme_table(root: str | Path = ".") -> list[str]:
         cells = [title, f"{metrics['epsilon']:.2f}", f"{metrics['fid']:.1f}"]
         for c in README_CLASSIFIERS:
             cells.append(f"{metrics[c]:.3f} ± {metrics[c + '_sd']:.3f}")
+        rec = metrics.get("recognised")
+        cells.append("–" if rec is None else f"{rec:.3f}")
         verdict = audit.get("verdict", "-")
         if audit.get("eps_hat") is not None:
             verdict += f" (ε̂ = {audit['eps_hat']:.2f})"
