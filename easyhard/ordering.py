@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from easyhard.config import CLASSIFIERS
+from easyhard.pipeline.sharing import KEY as SHARED
 
 #: The pairs the papers' claims are about: DP-FETA over DPDM, FETA-Pro over DP-FETA.
 CLAIMS: tuple[tuple[str, str], ...] = (("dpfeta", "dpdm"), ("fetapro", "dpfeta"))
@@ -78,7 +79,7 @@ def compare(
         ra, rb = at[(a, eps)], at[(b, eps)]
         n = (int(ra["repeats"]), int(rb["repeats"]))
         signs = {}
-        if ra.get("same_as") == b or rb.get("same_as") == a:
+        if ra.get(SHARED) == b or rb.get(SHARED) == a:
             out.append(Comparison(float(eps), a, b, n, dict.fromkeys(("fid", *classifiers), "=")))
             continue
         for metric in ("fid", *classifiers):

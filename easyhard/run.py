@@ -145,9 +145,9 @@ def run_notebook(
     as papermill parameters; atomic output. A private-zone stage's output must lie in ``private/``
     and its stdout/stderr go to its private log (:mod:`easyhard.pipeline.zones`).
 
-    A per-method stage of a method whose run equals an earlier method's
-    (:mod:`easyhard.pipeline.sharing`) is not executed: its outputs point to that method's, which
-    is returned (``None`` when the notebook ran)."""
+    A per-method stage of a method whose run is its partner's (``config.SHARES_RUN_OF``, where
+    the planner turns its own warm-up off; :mod:`easyhard.pipeline.sharing`) is not executed:
+    its outputs point to the partner's, whose name is returned (``None`` when the notebook ran)."""
     from easyhard.pipeline import zones
 
     root = Path(root).resolve()

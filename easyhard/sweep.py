@@ -48,6 +48,7 @@ from typing import Any
 from easyhard.config import CLASSIFIERS
 from easyhard.ordering import ordering_lines
 from easyhard.pipeline.sharing import KEY as SHARED
+from easyhard.pipeline.sharing import resolve
 from easyhard.sweep_summary import markdown_table, summarise, summary_figure, summary_table
 
 OUT = Path("report") / "sweep"
@@ -198,8 +199,8 @@ def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]
         if not p.is_file():
             raise FileNotFoundError(f"metrics file not found: {p}")
         data = json.loads(p.read_text())
-        owner = data.get(SHARED)
-        run = p.parent if owner is None else p.parent.parent / str(owner)  # whose run it is
+        owner = resolve(p.parent.parent, p.parent.name)  # whose run it is (itself unless shared)
+        run = p.parent.parent / owner
         details = run / "evaluate" / "details.json"
         if not details.is_file():
             raise FileNotFoundError(
@@ -209,13 +210,19 @@ def rows_from_metrics_files(paths: Sequence[str | Path]) -> list[dict[str, Any]]
         target = info.get("target_epsilon")
         if target is None:
             raise ValueError(f"{details} has no target_epsilon (not an evaluate-stage file)")
-        if owner is not None:  # the same run as another method's: its metrics, marked
+        if owner != p.parent.name:  # the same run as another method's: its metrics, marked
             data = json.loads((run / "metrics.json").read_text()) | {SHARED: owner}
         rows.append(
             {"experiment": str(p.parent.parent.parent), "method": p.parent.name, **data}
             | {"target_epsilon": float(target), "seed": info.get("seed")}
         )
     return rows
+
+
+def summary_of(rows: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The summary over repeats of ``rows`` and the classifiers it covers (those any row has)."""
+    classifiers = [c for c in CLASSIFIERS if any(c in r for r in rows)]
+    return summarise(counted(rows), classifiers), classifiers
 
 
 def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[str, Path]:
@@ -226,8 +233,7 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], out: str | Path) -> dict[st
     if not rows:
         raise ValueError("no runs with metrics found (run the pipeline or an experiment first)")
     out = Path(out)
-    classifiers = [c for c in CLASSIFIERS if any(c in r for r in rows)]
-    summary = summarise(counted(rows), classifiers)
+    summary, classifiers = summary_of(rows)
     write_json(out / "sweep.json", summary)
     write_json(out / "runs.json", list(rows))
     fig = summary_figure(summary, classifiers)
@@ -364,8 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print("\n".join(markdown_table(counted(rows))))
     print()
-    summary = summarise(counted(rows))
-    print("\n".join(summary_table(summary)))
+    summary, classifiers = summary_of(rows)  # what sweep.json holds
+    print("\n".join(summary_table(summary, classifiers)))
     print()  # the papers' claims, each with its repeat spread (easyhard.ordering)
     print("\n".join(ordering_lines(summary)))
     print(f"wrote {written['json']}, {written['runs']} and {written['figure']}")
