@@ -18,6 +18,7 @@ mean +- std over the seeds, writes ``--json``, and ends with one line
     python benchmarks/proxy_pipeline.py dpfeta fetapro fetapro:frequency.cap_fraction=0.25
     python benchmarks/proxy_pipeline.py --quick dpfeta fetapro      # smoke run, ~2 min
     python benchmarks/proxy_pipeline.py --sample-steps 10 20 dpfeta fetapro   # one model, 2 samplers
+    python benchmarks/proxy_pipeline.py --guidance 1 2 dpfeta       # one model, 2 guidance scales
     python benchmarks/proxy_pipeline.py --proxy glyphs dpfeta fetapro   # handwriting-like glyphs
 """
 
@@ -92,16 +93,36 @@ def write_source(root: Path, per_class: int, seed: int, source: str = "digits") 
     return len(x)
 
 
+def sample_settings(
+    steps: list[int] | None = None, guidance: list[float] | None = None
+) -> list[dict[str, Any]]:
+    """The ``sample`` overrides to sample one trained model with: every (``sample.steps``,
+    ``sample.guidance``) pair of the lists given (``[{}]``: the params' own settings)."""
+    return [
+        {k: v for k, v in (("steps", n), ("guidance", g)) if v is not None}
+        for n in (steps or [None])
+        for g in (guidance or [None])
+    ]
+
+
+def setting_label(name: str, setting: dict[str, Any]) -> str:
+    """``VARIANT`` or ``VARIANT@steps=N,guidance=G`` (the keys a setting changes)."""
+    if not setting:
+        return name
+    return name + "@" + ",".join(f"{k}={v:g}" for k, v in setting.items())
+
+
 def run_variant(
     base: dict[str, Any],
     method: str,
     over: dict[str, Any],
     paths: Any,
-    sample_steps: list[int | None] | None = None,
+    settings: list[dict[str, Any]] | None = None,
 ) -> list[dict]:
     """Every stage of ``method`` under ``base`` + ``over``; returns its ``details.json``. With
-    ``sample_steps``: the model trained once, then sampled and evaluated once per ``sample.steps``
-    value (paired: the same model and public seed; ``None`` keeps the params'), one details each."""
+    ``settings`` (:func:`sample_settings`): the model trained once, then sampled and evaluated
+    once per setting (paired: the same model and public seed; ``{}`` keeps the params'), one
+    details each."""
     from easyhard.pipeline import (
         central_images,
         evaluate,
@@ -115,10 +136,10 @@ def run_variant(
     for stage in (central_images, frequency, pretrain, finetune):
         stage.run(params, paths, method)
     out = []
-    for steps in sample_steps or [None]:
+    for setting in settings or [{}]:
         p = params
-        if steps is not None:
-            p = from_mapping(Params, merge(to_dict(params), {"sample": {"steps": steps}}))
+        if setting:
+            p = from_mapping(Params, merge(to_dict(params), {"sample": setting}))
         for stage in (sample, evaluate):
             stage.run(p, paths, method)
         out.append(json.loads((paths.stage(method, "evaluate") / "details.json").read_text()))
@@ -132,11 +153,11 @@ def run_all(
     per_class: int,
     n_train: int,
     seeds: int,
-    sample_steps: list[int] | None = None,
+    settings: list[dict[str, Any]] | None = None,
     source: str = "digits",
 ) -> list[dict[str, Any]]:
     """Write the proxy ``source`` into ``work``, prepare it once, then every (seed, variant); with
-    ``sample_steps`` every variant is also split by ``sample.steps`` (``VARIANT@steps=N``)."""
+    ``settings`` every variant is also split by sample setting (``VARIANT@steps=N,guidance=G``)."""
     from easyhard.pipeline import fid_reference, prepare
     from easyhard.pipeline.paths import Paths
 
@@ -150,15 +171,19 @@ def run_all(
     for seed in range(seeds):
         for name, method, over in variants:
             t = time.perf_counter()
-            details = run_variant(merge(base, {"seed": seed}), method, over, paths, sample_steps)
+            details = run_variant(merge(base, {"seed": seed}), method, over, paths, settings)
             seconds = time.perf_counter() - t
-            for steps, d in zip(sample_steps or [None], details, strict=True):
-                label = name if steps is None else f"{name}@steps={steps}"
+            for setting, d in zip(settings or [{}], details, strict=True):
+                label = setting_label(name, setting)
                 row = {"variant": label, "seed": seed, "seconds": seconds, "fid": d["fid"]}
                 row.update({k: v for k, v in d.items() if k.endswith("_acc_mean")})
+                if d.get("recognised") is not None:  # the reader trained on the proxy's test split
+                    row["recognised"] = d["recognised"]
                 rows.append(row)
                 accs = "  ".join(
-                    f"{k[:-9]} {v:.3f}" for k, v in row.items() if k.endswith("_acc_mean")
+                    f"{k.removesuffix('_acc_mean')} {v:.3f}"
+                    for k, v in row.items()
+                    if k.endswith("_acc_mean") or k == "recognised"
                 )
                 print(f"seed {seed} {label}: FID {row['fid']:.1f}  {accs}  ({seconds:.0f} s)")
     return rows
@@ -186,6 +211,13 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         help="sample each trained model once per sample.steps value (paired comparison)",
     )
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        nargs="+",
+        help="sample each trained model once per sample.guidance value (paired; with "
+        "--sample-steps: every pair)",
+    )
     a = ap.parse_args(argv)
     try:
         variants = [(v, *parse_variant(v)) for v in a.variants]
@@ -209,9 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         base = merge(base, {"privacy": {"epsilon": a.epsilon}})
     if a.quick:
         base = merge(base, QUICK)
+    settings = sample_settings(a.sample_steps, a.guidance)
     try:
         for _, m, over in variants:
-            from_mapping(Params, merge(base, {**over, "methods": [m]}))  # refuse before any work
+            for setting in settings:  # refuse before any work
+                from_mapping(Params, merge(base, {**over, "methods": [m], "sample": setting}))
     except Exception as e:  # a ConfigError names the key
         print(f"error: {e}")
         return 2
@@ -221,9 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.keep or tmp)
         os.environ["EASYHARD_SPEND_DIR"] = str(work / "spend")  # never the user's own store
         try:
-            rows = run_all(
-                base, variants, work, per_class, n_train, a.seeds, a.sample_steps, a.proxy
-            )
+            rows = run_all(base, variants, work, per_class, n_train, a.seeds, settings, a.proxy)
         finally:
             if old_store is None:
                 os.environ.pop("EASYHARD_SPEND_DIR", None)
@@ -247,7 +279,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name]
         s: dict[str, Any] = {"variant": name}
-        for key in ["fid", *(k for k in mine[0] if k.endswith("_acc_mean"))]:
+        keys = [k for k in mine[0] if k.endswith("_acc_mean") or k == "recognised"]
+        for key in ["fid", *keys]:
             vals = [r[key] for r in mine]
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             s[key.removesuffix("_acc_mean")] = (statistics.mean(vals), sd)

@@ -123,6 +123,22 @@ def test_sample_steps_sample_one_trained_model_per_setting(tmp_path, monkeypatch
     assert all(np.isfinite(r["fid"]) for r in rows)
 
 
+def test_sample_settings_pair_steps_and_guidance_and_bad_ones_are_refused(tmp_path, capsys):
+    assert B.sample_settings() == [{}]
+    assert B.sample_settings([10], [1.0, 2.0]) == [
+        {"steps": 10, "guidance": 1.0},
+        {"steps": 10, "guidance": 2.0},
+    ]
+    assert B.sample_settings(None, [1.5]) == [{"guidance": 1.5}]
+    assert B.setting_label("dpfeta", {}) == "dpfeta"
+    assert (
+        B.setting_label("dpfeta", {"steps": 10, "guidance": 1.5}) == "dpfeta@steps=10,guidance=1.5"
+    )
+    # a guidance scale the schema refuses stops the run before any work
+    assert B.main(["dpdm", "--guidance", "1", "-3", "--keep", str(tmp_path)]) == 2
+    assert "guidance" in capsys.readouterr().out and not any(tmp_path.iterdir())
+
+
 def test_proxy_sources_write_class_folders(tmp_path):
     """--proxy: both public sources write 10 class folders of PNGs; an unknown one is refused."""
     from PIL import Image
