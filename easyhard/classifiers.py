@@ -136,13 +136,8 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     return perm[n_val:], perm[:n_val]
 
 
-@torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    model.eval()
-    correct = 0
-    for s in range(0, len(x), batch_size):
-        correct += (model(x[s : s + batch_size]).argmax(1) == y[s : s + batch_size]).sum().item()
-    return correct / max(len(x), 1)
+def _accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    return float((predict(model, x) == y).mean()) if len(y) else 0.0
 
 
 def train_classifier(
@@ -168,7 +163,7 @@ def train_classifier(
     tr_idx, va_idx = _split(len(tx), val_fraction, seed)
     dev = torch.device(device)
     xtr, ytr = torch.from_numpy(tx[tr_idx]).to(dev), torch.from_numpy(ty[tr_idx]).to(dev)
-    xva, yva = torch.from_numpy(tx[va_idx]).to(dev), torch.from_numpy(ty[va_idx]).to(dev)
+    xva, yva = tx[va_idx], ty[va_idx]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_classifier(arch, tx.shape[1], tx.shape[2], tx.shape[3], n_classes).to(dev)
@@ -251,8 +246,7 @@ def classifier_accuracy(
         lr=lr,
         arch=arch,
     )
-    dev = next(model.parameters()).device
-    test_acc = _accuracy(model, torch.from_numpy(ex).to(dev), torch.from_numpy(ey).to(dev))
+    test_acc = _accuracy(model, ex, ey)
     return {"accuracy": test_acc, **info}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from easyhard.recognition import recognised
+from easyhard.recognition import load_reader, read, recognised, save_reader, train_reader
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +51,26 @@ def test_deterministic_and_refuses_mismatched_labels(digits):
     )
     with pytest.raises(ValueError, match="labels"):
         recognised(xtr, ytr, xte, yte[:-1], **kw)
+
+
+def test_saved_reader_reads_like_the_trained_one_and_refuses_other_images(digits, tmp_path):
+    xtr, xte, ytr, yte = digits
+    model, meta = train_reader(xtr, ytr, 10, epochs=2, seed=3, progress=False)
+    assert meta["image_shape"] == [1, 8, 8] and meta["n_classes"] == 10
+    save_reader(tmp_path / "reader.pt", model, meta)
+    first = (tmp_path / "reader.pt").read_bytes()
+    save_reader(tmp_path / "reader.pt", model, meta)  # equal reader, equal bytes (DVC hashes it)
+    assert (tmp_path / "reader.pt").read_bytes() == first
+    loaded, meta2 = load_reader(tmp_path / "reader.pt")
+    assert meta2 == meta
+    assert read(loaded, meta2, xte, yte) == read(model, meta, xte, yte)
+    # the pipeline's two steps give what one call gives
+    assert read(model, meta, xte, yte) == recognised(
+        xtr, ytr, xte, yte, 10, epochs=2, seed=3, progress=False
+    )
+    with pytest.raises(ValueError, match="differ from the reader"):
+        read(model, meta, np.zeros((4, 1, 16, 16), np.float32), yte[:4])
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        read(model, meta, xte[:4], np.array([0, 1, 2, 10]))
+    with pytest.raises(FileNotFoundError, match="fid_reference"):
+        load_reader(tmp_path / "absent.pt")

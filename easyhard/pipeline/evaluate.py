@@ -2,13 +2,15 @@
 
 Evaluation touches held-out data only: FID and precision/recall against Inception features of the
 held-out real test split, downstream classifiers trained on synthetic images and tested once on
-that split, and the share of synthetic images a reader trained on that split recognises as their
-class (:mod:`easyhard.recognition`); the release's privacy: its own epsilon and the dataset's total.
+that split, and the share of synthetic images the reader trained on that split (in the
+``fid_reference`` stage) recognises as their class (:mod:`easyhard.recognition`); the release's
+privacy: its own epsilon and the dataset's total.
 
 Two files: ``runs/<method>/metrics.json`` (a DVC metric) holds only the numbers a reader compares
 (:func:`headline`: epsilon, whether the release is private, FID, each classifier's accuracy and its
-standard deviation over classifier seeds, the recognised share, rounded), so that ``dvc metrics show`` stays one readable
-line per method; ``runs/<method>/evaluate/details.json`` holds everything at full precision.
+standard deviation over classifier seeds, the recognised share, rounded), so that
+``dvc metrics show`` stays one readable line per method; ``runs/<method>/evaluate/details.json``
+holds everything at full precision.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from easyhard.pipeline.paths import Paths
 from easyhard.pipeline.release import dataset_total, finite
 from easyhard.pipeline.runtime import device
 from easyhard.privacy import Ledger
-from easyhard.recognition import recognised
+from easyhard.recognition import load_reader, read
 
 #: Decimals kept in ``metrics.json`` (``details.json`` keeps full precision).
 DECIMALS = {"epsilon": 3, "fid": 1, "accuracy": 3}
@@ -60,8 +62,9 @@ def headline(details: Mapping[str, Any], classifiers: Sequence[str]) -> dict[str
 
 def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
     """FID / precision / recall vs held-out real test images; downstream accuracy on them too;
-    the share of synthetic images a reader trained on them recognises; the release's privacy (its own epsilon, and the dataset's total so far). Writes
-    ``details.json`` (everything) and ``metrics.json`` (:func:`headline`)."""
+    the share of synthetic images the reader trained on them recognises; the release's privacy
+    (its own epsilon, and the dataset's total so far). Writes ``details.json`` (everything) and
+    ``metrics.json`` (:func:`headline`)."""
     synth = load_npz(paths.samples(method))
     test = load_npz(paths.test)
     real = load_features(paths.fid_real)
@@ -87,17 +90,9 @@ def run(params: Params, paths: Paths, method: str) -> dict[str, Any]:
         device=device(params),
     )
     write_json(paths.stage(method, "evaluate") / "classifiers.json", runs)
-    # recognisability: a CNN trained on the (public) real test split labels every synthetic image
-    reader = recognised(
-        test.x,
-        test.y,
-        synth.x,
-        synth.y,
-        test.n_classes,
-        epochs=params.evaluate.classifier_epochs,
-        seed=params.seed,
-        device=device(params),
-    )
+    # recognisability: the reader (a CNN trained on the public test split, fid_reference stage)
+    # labels every synthetic image
+    reader = read(*load_reader(paths.reader, device=device(params)), synth.x, synth.y)
     ledger = Ledger.load(paths.ledger(method))
     private_method = method_row(method).private  # False: the ceiling, epsilon = infinity
     by = ledger.to_dict()

@@ -50,6 +50,11 @@ class Paths:
     def fid_real(self) -> Path:
         return self.root / "data" / "fid_reference" / "real_features.npz"
 
+    @property
+    def reader(self) -> Path:
+        """The reader (:mod:`easyhard.recognition`): a CNN trained on the public test split."""
+        return self.root / "data" / "fid_reference" / "reader.pt"
+
     def stage(self, method: str, stage: str) -> Path:
         return self.root / "runs" / method / stage
 

@@ -8,7 +8,8 @@ The report is the project's figure page: :func:`table` (rounded, ± over classif
 the headers, "∞ (not private)" for the ceiling), bar charts with error bars, each method's central
 images beside its samples with class labels, and :func:`reading`, a paragraph generated from the
 numbers, and the committed ε sweep (``docs/sweep/sweep.json``: quality against ε, ± over
-whole-pipeline repeats) when there is one. Un-noised training diagnostics are not part of the DP release and stay out of the report.
+whole-pipeline repeats) when there is one. Un-noised training diagnostics are not part of the DP
+release and stay out of the report.
 
 ``python -m easyhard.pipeline.report --export DIR`` copies the report's PNGs (``report/figures``)
 into ``DIR`` (e.g. ``docs/figures``), for the documentation.
@@ -264,9 +265,10 @@ def readme_table(root: str | Path = ".") -> list[str]:
     root = Path(root)
     head = ["method", "ε", "FID ↓", *README_CLASSIFIERS.values(), "recognised ↑", "audit"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    resolved = resolved_metrics(Paths(root), list(README_METHODS.values()))
     for title, m in README_METHODS.items():
-        owner = resolve(root / "runs", m)
-        metrics = json.loads((root / "runs" / owner / "metrics.json").read_text())
+        metrics = resolved[m]
+        owner = metrics.get(SHARED, m)
         audit = json.loads((root / "runs" / owner / "verdict.json").read_text())
         if owner != m:
             title += f" (= {method_row(owner).title}'s run)"
