@@ -155,6 +155,7 @@ def run_all(
     seeds: int,
     settings: list[dict[str, Any]] | None = None,
     source: str = "digits",
+    first_seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Write the proxy ``source`` into ``work``, prepare it once, then every (seed, variant); with
     ``settings`` every variant is also split by sample setting (``VARIANT@steps=N,guidance=G``)."""
@@ -168,7 +169,7 @@ def run_all(
     fid_reference.run(p0, paths)
     print(f"proxy: {n} {source} images, N = {n_train} declared, eps {p0.privacy.epsilon:g}")
     rows = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for name, method, over in variants:
             t = time.perf_counter()
             details = run_variant(merge(base, {"seed": seed}), method, over, paths, settings)
@@ -195,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default=str(ROOT / "params.yaml"))
     ap.add_argument("--epsilon", type=float, help="privacy.epsilon (default: params')")
     ap.add_argument("--seeds", type=int, default=2, help="repeats: seed 0, 1, ...")
+    ap.add_argument(
+        "--first-seed", type=int, default=0, help="start at this seed (a later stage of a study)"
+    )
     ap.add_argument("--per-class", type=int, default=500, help="proxy images per class")
     ap.add_argument(
         "--proxy",
@@ -255,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(a.keep or tmp)
         os.environ["EASYHARD_SPEND_DIR"] = str(work / "spend")  # never the user's own store
         try:
-            rows = run_all(base, variants, work, per_class, n_train, a.seeds, settings, a.proxy)
+            rows = run_all(
+                base, variants, work, per_class, n_train, a.seeds, settings, a.proxy, a.first_seed
+            )
         finally:
             if old_store is None:
                 os.environ.pop("EASYHARD_SPEND_DIR", None)
