@@ -114,9 +114,11 @@ def build_classifier(
     raise ValueError(f"unknown classifier network {arch!r}; choose one of {', '.join(NETWORKS)}")
 
 
-def _prepare_xy(
+def labelled_images(
     x: ArrayLike, y: ArrayLike, n_classes: int, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` as float32 NCHW in [0, 1] and int64, or a one-line ``ValueError``
+    naming ``name`` (count mismatch, a label outside ``[0, n_classes)``, bad images)."""
     xa = nchw_images(x).astype(np.float32)
     ya = as_numpy(y).astype(np.int64).reshape(-1)
     if len(xa) != len(ya):
@@ -159,7 +161,7 @@ def train_classifier(
     epoch if ``val_fraction == 0``); that checkpoint is returned, in eval mode, with
     ``{"val_accuracy", "best_epoch"}`` (epochs counted from 1). The global RNG is untouched.
     """
-    tx, ty = _prepare_xy(train_x, train_y, n_classes, "train")
+    tx, ty = labelled_images(train_x, train_y, n_classes, "train")
     tr_idx, va_idx = _split(len(tx), val_fraction, seed)
     dev = torch.device(device)
     xtr, ytr = torch.from_numpy(tx[tr_idx]).to(dev), torch.from_numpy(ty[tr_idx]).to(dev)
@@ -193,7 +195,8 @@ def train_classifier(
     else:
         model.load_state_dict(best_state)
     model.eval()
-    return model, {"val_accuracy": best_acc, "best_epoch": best_epoch}
+    shape = [int(d) for d in tx.shape[1:]]
+    return model, {"val_accuracy": best_acc, "best_epoch": best_epoch, "image_shape": shape}
 
 
 def predict(model: nn.Module, x: ArrayLike, batch_size: int = 512) -> np.ndarray:
@@ -229,8 +232,8 @@ def classifier_accuracy(
     epoch if ``val_fraction == 0``); only that checkpoint is evaluated, once, on the test set.
     Returns ``{"accuracy", "val_accuracy", "best_epoch"}`` (epochs counted from 1).
     """
-    tx, _ = _prepare_xy(train_x, train_y, n_classes, "train")
-    ex, ey = _prepare_xy(test_x, test_y, n_classes, "test")
+    tx, _ = labelled_images(train_x, train_y, n_classes, "train")
+    ex, ey = labelled_images(test_x, test_y, n_classes, "test")
     if tx.shape[1:] != ex.shape[1:]:
         raise ValueError(f"train images {tx.shape[1:]} and test images {ex.shape[1:]} differ")
     model, info = train_classifier(
@@ -270,8 +273,8 @@ def logistic_regression_accuracy(
     """
     from sklearn.linear_model import LogisticRegression
 
-    tx, ty = _prepare_xy(train_x, train_y, n_classes, "train")
-    ex, ey = _prepare_xy(test_x, test_y, n_classes, "test")
+    tx, ty = labelled_images(train_x, train_y, n_classes, "train")
+    ex, ey = labelled_images(test_x, test_y, n_classes, "test")
     if tx.shape[1:] != ex.shape[1:]:
         raise ValueError(f"train images {tx.shape[1:]} and test images {ex.shape[1:]} differ")
     tr_idx, va_idx = _split(len(tx), val_fraction, seed)

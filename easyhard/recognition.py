@@ -17,12 +17,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from easyhard.classifiers import build_classifier, predict, train_classifier
-from easyhard.data import ArrayLike, as_numpy, nchw_images
+from easyhard.classifiers import build_classifier, labelled_images, predict, train_classifier
+from easyhard.data import ArrayLike
 from easyhard.io import save_torch
 
 #: The reader's network (:func:`easyhard.classifiers.build_classifier`).
@@ -41,12 +40,11 @@ def train_reader(
     """Train the reader on real images; returns it (eval mode) and ``{"image_shape", "n_classes",
     "reader_val_accuracy"}`` (its accuracy on a held-out part of the real images: how good a
     reader it is)."""
-    shape = tuple(int(s) for s in nchw_images(real_x).shape[1:])
     model, info = train_classifier(
         real_x, real_y, n_classes, epochs=epochs, seed=seed, device=device, progress=progress
     )
     meta = {
-        "image_shape": list(shape),
+        "image_shape": list(info["image_shape"]),
         "n_classes": int(n_classes),
         "reader_val_accuracy": float(info["val_accuracy"]),
     }
@@ -80,18 +78,13 @@ def read(
     """Label every synthetic image with the reader. Returns ``recognised`` (share labelled as
     their class), ``recognised_by_class`` (that share per class; ``None`` for a class with no
     synthetic image) and the reader's ``reader_val_accuracy``."""
-    sx = nchw_images(synth_x)
-    sy = as_numpy(synth_y).astype(np.int64).reshape(-1)
+    n_classes = int(meta["n_classes"])
+    sx, sy = labelled_images(synth_x, synth_y, n_classes, "synthetic")
     if list(sx.shape[1:]) != list(meta["image_shape"]):
         raise ValueError(
             f"synthetic images {tuple(sx.shape[1:])} differ from the reader's "
             f"{tuple(meta['image_shape'])}"
         )
-    if len(sx) != len(sy):
-        raise ValueError(f"synthetic: {len(sx)} images but {len(sy)} labels")
-    n_classes = int(meta["n_classes"])
-    if len(sy) and (sy.min() < 0 or sy.max() >= n_classes):
-        raise ValueError(f"synthetic labels must lie in [0, {n_classes})")
     hit = predict(model, sx) == sy
     by_class = [float(hit[sy == c].mean()) if (sy == c).any() else None for c in range(n_classes)]
     return {

@@ -72,5 +72,7 @@ def test_saved_reader_reads_like_the_trained_one_and_refuses_other_images(digits
         read(model, meta, np.zeros((4, 1, 16, 16), np.float32), yte[:4])
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
         read(model, meta, xte[:4], np.array([0, 1, 2, 10]))
+    with pytest.raises(ValueError, match="synthetic: 4 images but 3 labels"):
+        read(model, meta, xte[:4], yte[:3])
     with pytest.raises(FileNotFoundError, match="fid_reference"):
         load_reader(tmp_path / "absent.pt")
