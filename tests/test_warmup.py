@@ -144,7 +144,8 @@ def test_a_split_without_signal_falls_back_to_an_equal_one():
     p = _params(5.0, frequency={"cap_fraction": 0.25})
     quarter = plan_frequency(p, MNIST, round(0.25 * warmup_cap(p), 4))
     assert not quarter.enabled  # the premise, at the defaults
-    wp, half = plan_warmups(p, MNIST, True, True), plan_warmups(_params(5.0), MNIST, True, True)
+    half = plan_warmups(_params(5.0, frequency={"cap_fraction": 0.5}), MNIST, True, True)
+    wp = plan_warmups(p, MNIST, True, True)
     assert wp.central == half.central  # the chosen settings carry cap_fraction: compare the rest
     assert (wp.frequency.share, wp.frequency.snr) == (half.frequency.share, half.frequency.snr)
     assert wp.frequency.enabled and wp.frequency.share == pytest.approx(warmup_cap(p) / 2)
