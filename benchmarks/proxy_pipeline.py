@@ -260,7 +260,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["EASYHARD_SPEND_DIR"] = str(work / "spend")  # never the user's own store
         try:
             rows = run_all(
-                base, variants, work, per_class, n_train, a.seeds, settings, a.proxy, a.first_seed
+                base,
+                variants,
+                work,
+                per_class,
+                n_train,
+                a.seeds,
+                settings,
+                source=a.proxy,
+                first_seed=a.first_seed,
             )
         finally:
             if old_store is None:

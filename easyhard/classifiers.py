@@ -159,7 +159,8 @@ def train_classifier(
 
     The epoch is chosen by accuracy on a held-out ``val_fraction`` of the *training* data (last
     epoch if ``val_fraction == 0``); that checkpoint is returned, in eval mode, with
-    ``{"val_accuracy", "best_epoch"}`` (epochs counted from 1). The global RNG is untouched.
+    ``{"val_accuracy", "best_epoch", "image_shape"}`` (epochs counted from 1; the CHW shape it
+    takes). The global RNG is untouched.
     """
     tx, ty = labelled_images(train_x, train_y, n_classes, "train")
     tr_idx, va_idx = _split(len(tx), val_fraction, seed)
@@ -250,7 +251,11 @@ def classifier_accuracy(
         arch=arch,
     )
     test_acc = _accuracy(model, ex, ey)
-    return {"accuracy": test_acc, **info}
+    return {
+        "accuracy": test_acc,
+        "val_accuracy": info["val_accuracy"],
+        "best_epoch": info["best_epoch"],
+    }
 
 
 def logistic_regression_accuracy(

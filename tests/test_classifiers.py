@@ -24,6 +24,7 @@ def test_cnn_digits(digits):
     res = C.classifier_accuracy(xtr, ytr, xte, yte, 10, epochs=6, seed=0, progress=False)
     assert res["accuracy"] > 0.9
     assert 1 <= res["best_epoch"] <= 6 and 0.0 <= res["val_accuracy"] <= 1.0
+    assert set(res) == {"accuracy", "val_accuracy", "best_epoch"}  # a result row, nothing else
 
     shuffled = np.random.default_rng(0).permutation(ytr)
     res = C.classifier_accuracy(xtr, shuffled, xte, yte, 10, epochs=3, seed=0, progress=False)
